@@ -142,3 +142,83 @@ register("dynamicrafter_1024", DynamiCrafterConfig(
     unet=DynamiCrafterUNetConfig(default_fs=10),  # inference_1024_v1.0.yaml
     latent_size=(72, 128),  # inference_1024_v1.0.yaml
     base_scale=0.3))  # inference_1024_v1.0.yaml
+
+
+# ----------------------------------------------------------------------------- Stable Diffusion
+@dataclasses.dataclass(frozen=True)
+class UNet2DConfig:
+    """diffusers ``UNet2DConditionModel`` (defaults: SD 1.5 ``unet/config.json``)."""
+
+    in_channels: int = 4  # sd-v1-5 unet/config.json
+    out_channels: int = 4  # sd-v1-5 unet/config.json
+    block_out_channels: Tuple[int, ...] = (320, 640, 1280, 1280)  # sd-v1-5 unet/config.json
+    layers_per_block: int = 2  # sd-v1-5 unet/config.json
+    # Heads per level: diffusers reads ``attention_head_dim`` as the head count (8 in
+    # sd-v1-5 unet/config.json; [5, 10, 20, 20] in SD 2.x).
+    heads: Tuple[int, ...] = (8, 8, 8, 8)
+    cross_attention_dim: int = 768  # sd-v1-5 unet/config.json
+    # CrossAttnDownBlock2D x3 + DownBlock2D (sd-v1-5 unet/config.json down_block_types).
+    cross_attn: Tuple[bool, ...] = (True, True, True, False)
+    transformer_layers_per_block: int = 1  # UNet2DConditionModel default
+    use_linear_projection: bool = False  # sd-v1-5 unet/config.json (1x1 conv proj_in/out)
+    norm_eps: float = 1e-5  # sd-v1-5 unet/config.json
+    flip_sin_to_cos: bool = True  # sd-v1-5 unet/config.json
+    freq_shift: int = 0  # sd-v1-5 unet/config.json
+    sample_size: int = 64  # sd-v1-5 unet/config.json
+    prediction_type: str = "epsilon"  # sd-v1-5 scheduler/scheduler_config.json
+
+    def __post_init__(self):
+        n = len(self.block_out_channels)
+        if len(self.heads) != n or len(self.cross_attn) != n:
+            raise ValueError(f"heads and cross_attn need one entry per level ({n}), got "
+                             f"{self.heads} and {self.cross_attn}")
+        if any(c % h for c, h in zip(self.block_out_channels, self.heads)):
+            raise ValueError(f"block_out_channels {self.block_out_channels} must divide by "
+                             f"heads {self.heads}")
+
+
+_SD2 = dict(heads=(5, 10, 20, 20),  # sd-2-1 unet/config.json attention_head_dim
+            cross_attention_dim=1024,  # sd-2-1 unet/config.json (OpenCLIP ViT-H text)
+            use_linear_projection=True)  # sd-2-1 unet/config.json
+register("sd15_unet", UNet2DConfig())
+register("sd21_base_unet", UNet2DConfig(**_SD2))  # sd-2-1-base: epsilon, sample_size 64
+register("sd21_unet", UNet2DConfig(
+    **_SD2, sample_size=96,  # sd-2-1 unet/config.json
+    prediction_type="v_prediction"))  # sd-2-1 scheduler/scheduler_config.json
+register("sd2_depth_unet", UNet2DConfig(
+    **_SD2, in_channels=5))  # sd-2-depth unet/config.json: 4 latents + 1 depth
+
+
+# ----------------------------------------------------------------------------- DepthCrafter
+@dataclasses.dataclass(frozen=True)
+class UNetSTConfig:
+    """diffusers ``UNetSpatioTemporalConditionModel`` (defaults: DepthCrafter / SVD-xt
+    ``unet/config.json``, equal to the diffusers class defaults)."""
+
+    in_channels: int = 8  # DepthCrafter unet/config.json: noisy depth + video latents
+    out_channels: int = 4  # DepthCrafter unet/config.json
+    block_out_channels: Tuple[int, ...] = (320, 640, 1280, 1280)  # DepthCrafter unet/config.json
+    layers_per_block: int = 2  # DepthCrafter unet/config.json
+    heads: Tuple[int, ...] = (5, 10, 20, 20)  # DepthCrafter unet/config.json num_attention_heads
+    cross_attention_dim: int = 1024  # DepthCrafter unet/config.json (CLIP ViT-H image embeds)
+    # CrossAttnDownBlockSpatioTemporal x3 + DownBlockSpatioTemporal (unet/config.json).
+    cross_attn: Tuple[bool, ...] = (True, True, True, False)
+    transformer_layers_per_block: int = 1  # DepthCrafter unet/config.json
+    addition_time_embed_dim: int = 256  # DepthCrafter unet/config.json
+    num_time_ids: int = 3  # projection_class_embeddings_input_dim 768 = 3 x 256 (unet/config.json)
+    fps: float = 7.0  # depthcrafter/depth_crafter_ppl.py: _get_add_time_ids(7, 127, ...)
+    motion_bucket_id: float = 127.0  # depthcrafter/depth_crafter_ppl.py
+    noise_aug_strength: float = 0.02  # depthcrafter/depth_crafter_ppl.py __call__ default
+    num_frames: int = 25  # DepthCrafter unet/config.json (training length; any T works)
+
+    def __post_init__(self):
+        n = len(self.block_out_channels)
+        if len(self.heads) != n or len(self.cross_attn) != n:
+            raise ValueError(f"heads and cross_attn need one entry per level ({n}), got "
+                             f"{self.heads} and {self.cross_attn}")
+        if any(c % h for c, h in zip(self.block_out_channels, self.heads)):
+            raise ValueError(f"block_out_channels {self.block_out_channels} must divide by "
+                             f"heads {self.heads}")
+
+
+register("depthcrafter_unet", UNetSTConfig())
