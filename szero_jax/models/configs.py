@@ -222,3 +222,63 @@ class UNetSTConfig:
 
 
 register("depthcrafter_unet", UNetSTConfig())
+
+
+# ----------------------------------------------------------------------------- CLIP
+@dataclasses.dataclass(frozen=True)
+class CLIPTextConfig:
+    """CLIP text tower (defaults: OpenCLIP ViT-H-14, open_clip model_configs/ViT-H-14.json)."""
+
+    vocab_size: int = 49408  # ViT-H-14.json text_cfg
+    context_length: int = 77  # ViT-H-14.json text_cfg
+    width: int = 1024  # ViT-H-14.json text_cfg
+    layers: int = 24  # ViT-H-14.json text_cfg
+    heads: int = 16  # ViT-H-14.json text_cfg
+    mlp_dim: int = 4096  # open_clip CLIPTextCfg mlp_ratio 4.0 x width
+    activation: str = "gelu"  # open_clip: nn.GELU unless quick_gelu is requested
+    layer_norm_eps: float = 1e-5  # torch nn.LayerNorm default (open_clip), HF CLIPTextConfig
+    projection_dim: Optional[int] = 1024  # ViT-H-14.json embed_dim; None: no text_projection
+    # Pool at the first eos_token_id; None pools at argmax(tokens) like OpenCLIP and HF
+    # configs with the legacy eos_token_id 2 (SD 1.5 and SD 2 text_encoder/config.json).
+    eos_token_id: Optional[int] = None
+
+    def __post_init__(self):
+        if self.activation not in ("gelu", "quick_gelu"):
+            raise ValueError(f"activation must be 'gelu' or 'quick_gelu', got {self.activation!r}")
+        if self.width % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide width ({self.width})")
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPVisionConfig:
+    """CLIP vision tower (defaults: OpenCLIP ViT-H-14, open_clip model_configs/ViT-H-14.json)."""
+
+    image_size: int = 224  # ViT-H-14.json vision_cfg
+    patch_size: int = 14  # ViT-H-14.json vision_cfg
+    width: int = 1280  # ViT-H-14.json vision_cfg
+    layers: int = 32  # ViT-H-14.json vision_cfg
+    heads: int = 16  # ViT-H-14.json: width 1280 / head_width 80
+    mlp_dim: int = 5120  # open_clip CLIPVisionCfg mlp_ratio 4.0 x width
+    activation: str = "gelu"  # open_clip nn.GELU
+    layer_norm_eps: float = 1e-5  # torch nn.LayerNorm default (open_clip), HF CLIPVisionConfig
+    projection_dim: Optional[int] = 1024  # ViT-H-14.json embed_dim; None: no projection
+
+    def __post_init__(self):
+        if self.activation not in ("gelu", "quick_gelu"):
+            raise ValueError(f"activation must be 'gelu' or 'quick_gelu', got {self.activation!r}")
+        if self.width % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide width ({self.width})")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"patch_size ({self.patch_size}) must divide image_size "
+                             f"({self.image_size})")
+
+
+register("openclip_vit_h14_text", CLIPTextConfig())
+register("openclip_vit_h14_vision", CLIPVisionConfig())
+register("sd15_text_encoder", CLIPTextConfig(  # CLIP ViT-L/14, sd-v1-5 text_encoder/config.json
+    width=768, layers=12, heads=12, mlp_dim=3072, activation="quick_gelu",
+    projection_dim=None))  # CLIPTextModel has no projection
+register("sd2_text_encoder", CLIPTextConfig(  # OpenCLIP ViT-H text as HF CLIPTextModel
+    layers=23,  # sd-2-1 text_encoder/config.json: the last block is dropped (penultimate)
+    projection_dim=None))  # CLIPTextModel has no projection
+register("svd_xt_image_encoder", CLIPVisionConfig())  # SVD-xt image_encoder/config.json: ViT-H/14, projection 1024
