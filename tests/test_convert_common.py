@@ -1,0 +1,123 @@
+"""convert.common: safe loading refuses malicious pickles; mapping reports every problem."""
+import os
+import pickle
+import re
+from contextlib import nullcontext as _nullcontext
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+
+from convert import common
+
+
+class _Evil:
+    """Unpickling this runs `touch <marker>`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("fmt", ["zip", "plain"])
+def test_malicious_pickle_refused(tmp_path, fmt):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.ckpt"
+    payload = {"state_dict": {"w": torch.ones(2), "x": _Evil(marker)}}
+    if fmt == "zip":
+        torch.save(payload, path)  # torch.save's zip layout, data.pkl inside
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    with pytest.warns() if fmt == "plain" else _nullcontext():  # torch notes the protocol
+        with pytest.raises(ValueError, match="refused"):
+            common.load_state_dict(path)
+    assert not marker.exists()
+    # Control: the payload is live, an unsafe load would have run it.
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_torch_and_safetensors_loading(tmp_path):
+    sd = {"a.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3),
+          "b": torch.tensor([1.5, 2.5], dtype=torch.bfloat16)}
+    torch.save({"state_dict": sd, "global_step": 7}, tmp_path / "m.ckpt")
+    torch.save({"module": {"_forward_module." + k: v for k, v in sd.items()}}, tmp_path / "ds.pt")
+    from safetensors.torch import save_file as save_torch
+    save_torch(sd, tmp_path / "m.safetensors")
+    for name in ("m.ckpt", "ds.pt", "m.safetensors"):
+        loaded = common.load_state_dict(tmp_path / name)
+        assert sorted(loaded) == ["a.weight", "b"], name
+        assert loaded.shapes["a.weight"] == (2, 3)
+        np.testing.assert_array_equal(loaded["a.weight"], np.arange(6).reshape(2, 3))
+        np.testing.assert_array_equal(loaded["b"], [1.5, 2.5])
+    with pytest.raises(FileNotFoundError, match="path"):
+        common.load_state_dict(tmp_path / "none.ckpt")
+    (tmp_path / "w.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match="suffix"):
+        common.load_state_dict(tmp_path / "w.npz")
+
+
+def test_transforms():
+    w = np.random.default_rng(0).normal(size=(5, 3, 2, 4)).astype(np.float32)  # O I H W
+    hwio = common.TRANSFORMS["conv"](w)
+    assert hwio.shape == (2, 4, 3, 5) and hwio[1, 2, 0, 4] == w[4, 0, 1, 2]
+    w3 = np.zeros((5, 3, 2, 4, 6))
+    assert common.TRANSFORMS["conv"](w3).shape == (2, 4, 6, 3, 5)
+    assert common.TRANSFORMS["linear"](np.zeros((5, 3))).shape == (3, 5)
+    assert common.TRANSFORMS["conv1x1_to_linear"](w[:, :, :1, :1]).shape == (3, 5)
+    with pytest.raises(ValueError, match="1x1"):
+        common.TRANSFORMS["conv1x1_to_linear"](w)
+
+
+def test_flatten_unflatten():
+    tree = {"a": {"b": 1, "c": {"d": 2}}, "e": 3}
+    assert common.flatten(tree) == {"a/b": 1, "a/c/d": 2, "e": 3}
+    assert common.unflatten(common.flatten(tree)) == tree
+    with pytest.raises(ValueError, match="leaf"):
+        common.unflatten({"a": 1, "a/b": 2})
+
+
+def _keymap(key):
+    if key.startswith("lin."):
+        return ("dense/" + ("kernel" if key.endswith("weight") else "bias"),
+                common.kernel_transform(key, 2 if key.endswith("weight") else 1))
+    if key == "conv.weight":
+        return ("conv/kernel", "conv")
+    return None
+
+
+def test_convert_streams_and_maps(tmp_path):
+    rng = np.random.default_rng(1)
+    sd = {"lin.weight": rng.normal(size=(4, 3)).astype(np.float32),
+          "lin.bias": rng.normal(size=(4,)).astype(np.float32),
+          "conv.weight": rng.normal(size=(6, 4, 3, 3)).astype(np.float32),
+          "ema.decay": np.zeros(()), "betas": np.zeros(10)}
+    save_file(sd, tmp_path / "m.safetensors")
+    target = {"params": {"dense": {"kernel": np.zeros((3, 4)), "bias": np.zeros(4)},
+                         "conv": {"kernel": np.zeros((3, 3, 4, 6))}}}
+    tree = common.convert_to_tree(common.load_state_dict(tmp_path / "m.safetensors").items(),
+                                  _keymap, target, dropped=("ema.", re.compile(r"^betas$")))
+    np.testing.assert_array_equal(tree["dense"]["kernel"], sd["lin.weight"].T)
+    np.testing.assert_array_equal(tree["conv"]["kernel"], sd["conv.weight"].transpose(2, 3, 1, 0))
+    shapes = {k: v.shape for k, v in sd.items()}
+    assert common.check_keymap(shapes, _keymap, target, dropped=("ema.", "betas")) == 3
+
+
+def test_convert_lists_every_problem():
+    shapes = {"lin.weight": (4, 3), "lin.bias": (5,), "mystery.weight": (2,),
+              "conv.weight": (6, 4, 3, 3)}
+    target = {"dense": {"kernel": (3, 4), "bias": (4,)}, "conv": {"kernel": (3, 3, 4, 6)},
+              "norm": {"scale": (6,)}}
+    with pytest.raises(common.ConversionError) as err:
+        common.check_keymap(shapes, _keymap, target)
+    msg = str(err.value)
+    assert "1 unmapped PyTorch keys" in msg and "mystery.weight (2,)" in msg
+    assert "1 mis-shaped keys" in msg and "lin.bias (5,) -> dense/bias" in msg
+    assert "2 Flax params missing" in msg and "norm/scale (6,)" in msg and "dense/bias (4,)" in msg
+    # Knowingly dropped keys are not reported.
+    with pytest.raises(common.ConversionError) as err:
+        common.check_keymap(shapes, _keymap, target, dropped=("mystery",))
+    assert "unmapped" not in str(err.value)
