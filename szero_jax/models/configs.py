@@ -282,3 +282,88 @@ register("sd2_text_encoder", CLIPTextConfig(  # OpenCLIP ViT-H text as HF CLIPTe
     layers=23,  # sd-2-1 text_encoder/config.json: the last block is dropped (penultimate)
     projection_dim=None))  # CLIPTextModel has no projection
 register("svd_xt_image_encoder", CLIPVisionConfig())  # SVD-xt image_encoder/config.json: ViT-H/14, projection 1024
+
+
+# ----------------------------------------------------------------------------- VAEs
+@dataclasses.dataclass(frozen=True)
+class VAEConfig:
+    """KL autoencoder shared by lvdm ``ae_modules`` and diffusers ``AutoencoderKL``
+    (defaults: SD 1.5 ``vae/config.json``; DynamiCrafter's ddconfig and SD 2.x are the same).
+
+    lvdm ddconfig names: ch * ch_mult = block_out_channels, num_res_blocks =
+    layers_per_block, z_channels = embed_dim = latent_channels. Latents are multiplied by
+    ``scaling_factor`` by the callers, not by the network.
+    """
+
+    in_channels: int = 3  # sd-v1-5 vae/config.json; inference_512_v1.0.yaml in_channels
+    out_channels: int = 3  # sd-v1-5 vae/config.json; inference_512_v1.0.yaml out_ch
+    block_out_channels: Tuple[int, ...] = (128, 256, 512, 512)  # sd-v1-5 vae; 512 yaml ch 128 x ch_mult 1,2,4,4
+    layers_per_block: int = 2  # sd-v1-5 vae/config.json; inference_512_v1.0.yaml num_res_blocks
+    latent_channels: int = 4  # sd-v1-5 vae/config.json; inference_512_v1.0.yaml z_channels, embed_dim
+    norm_num_groups: int = 32  # sd-v1-5 vae/config.json; lvdm ae_modules.Normalize
+    use_quant_conv: bool = True  # AutoencoderKL default; lvdm AutoencoderKL always has it
+    use_post_quant_conv: bool = True  # AutoencoderKL default; lvdm AutoencoderKL always has it
+    mid_block_add_attention: bool = True  # AutoencoderKL default; lvdm mid.attn_1
+    scaling_factor: float = 0.18215  # AutoencoderKL default; inference_512_v1.0.yaml scale_factor
+
+    def __post_init__(self):
+        if not self.block_out_channels:
+            raise ValueError("block_out_channels must not be empty")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(f"norm_num_groups ({self.norm_num_groups}) must divide every "
+                             f"block_out_channels entry {self.block_out_channels}")
+
+    @classmethod
+    def from_lvdm(cls, ddconfig: dict, embed_dim: int) -> "VAEConfig":
+        """From an lvdm ``first_stage_config.params`` (``ddconfig`` and ``embed_dim``)."""
+        if embed_dim != ddconfig.get("z_channels"):
+            raise ValueError(f"embed_dim ({embed_dim}) must equal ddconfig z_channels "
+                             f"({ddconfig.get('z_channels')})")
+        if not ddconfig.get("double_z", True) or ddconfig.get("attn_resolutions"):
+            raise ValueError("ddconfig: only double_z=True and attn_resolutions=[] are supported")
+        return cls(in_channels=ddconfig["in_channels"], out_channels=ddconfig["out_ch"],
+                   block_out_channels=tuple(ddconfig["ch"] * m for m in ddconfig["ch_mult"]),
+                   layers_per_block=ddconfig["num_res_blocks"], latent_channels=embed_dim)
+
+    @classmethod
+    def from_diffusers(cls, config: dict) -> "VAEConfig":
+        """From a diffusers ``AutoencoderKL`` ``config.json`` dict."""
+        return _from_kwargs(
+            cls, {k: v for k, v in config.items() if not k.startswith("_")},
+            ignored=("down_block_types", "up_block_types", "sample_size", "force_upcast",
+                     "shift_factor", "latents_mean", "latents_std"),
+            fixed={"act_fn": "silu"})
+
+
+@dataclasses.dataclass(frozen=True)
+class TemporalVAEConfig:
+    """diffusers ``AutoencoderKLTemporalDecoder`` (defaults: SVD-xt ``vae/config.json``)."""
+
+    in_channels: int = 3  # svd-xt vae/config.json
+    out_channels: int = 3  # svd-xt vae/config.json
+    block_out_channels: Tuple[int, ...] = (128, 256, 512, 512)  # svd-xt vae/config.json
+    layers_per_block: int = 2  # svd-xt vae/config.json
+    latent_channels: int = 4  # svd-xt vae/config.json
+    norm_num_groups: int = 32  # diffusers TemporalDecoder / Encoder default (fixed)
+    scaling_factor: float = 0.18215  # svd-xt vae/config.json
+
+    def __post_init__(self):
+        if self.layers_per_block != 2:
+            # MidBlockTemporalDecoder runs only resnets[0], attention, resnets[1].
+            raise ValueError(f"layers_per_block must be 2, got {self.layers_per_block}")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(f"norm_num_groups ({self.norm_num_groups}) must divide every "
+                             f"block_out_channels entry {self.block_out_channels}")
+
+    @classmethod
+    def from_diffusers(cls, config: dict) -> "TemporalVAEConfig":
+        """From a diffusers ``AutoencoderKLTemporalDecoder`` ``config.json`` dict."""
+        return _from_kwargs(
+            cls, {k: v for k, v in config.items() if not k.startswith("_")},
+            ignored=("down_block_types", "sample_size", "force_upcast"), fixed={})
+
+
+register("sd15_vae", VAEConfig())
+register("sd2_vae", VAEConfig())  # sd-2-1 vae/config.json: same as SD 1.5 (sample_size 768)
+register("dynamicrafter_vae", VAEConfig())  # inference_512_v1.0.yaml first_stage_config (all sizes)
+register("svd_xt_vae", TemporalVAEConfig())
