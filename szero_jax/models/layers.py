@@ -1,0 +1,156 @@
+"""Building blocks shared by the UNets: torch-compatible norms, timestep embedding,
+residual blocks, down/upsampling. Channels last; leading axes are batch-like.
+
+Module and parameter names follow the lvdm/openai ``ResBlock`` spelling so that the key maps
+stay a renaming (``in_layers.2`` -> ``in_layers_2``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def timestep_embedding(timesteps, dim: int, max_period: float = 10000.0,
+                       flip_sin_to_cos: bool = True, downscale_freq_shift: float = 0.0):
+    """Sinusoidal embedding [N] -> [N, dim], float32.
+
+    Defaults match lvdm/openai ``timestep_embedding`` (cos first, frequencies over ``half``);
+    diffusers' ``get_timestep_embedding`` is the same with its ``flip_sin_to_cos`` and
+    ``downscale_freq_shift`` arguments.
+    """
+    half = dim // 2
+    exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32)
+    freqs = jnp.exp(exponent / (half - downscale_freq_shift))
+    args = jnp.asarray(timesteps, jnp.float32)[:, None] * freqs[None]
+    sin, cos = jnp.sin(args), jnp.cos(args)
+    emb = jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
+    if dim % 2:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+class GroupNorm(nn.Module):
+    """``torch.nn.GroupNorm`` on channels-last data, statistics in float32.
+
+    The first ``batch_dims`` axes are independent samples; statistics run over every other
+    axis and the channels of a group (contiguous channels, as in PyTorch). For a video
+    ``[B, T, H, W, C]``, ``batch_dims=2`` normalises each frame (lvdm's per-frame ``(b t)``
+    norms) and ``batch_dims=1`` the whole clip (its ``b c t h w`` norms).
+    Params: ``scale``, ``bias``.
+    """
+
+    num_groups: int = 32  # lvdm basics.normalization / torch default use
+    epsilon: float = 1e-5  # torch.nn.GroupNorm default
+    batch_dims: int = 1
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        if c % self.num_groups:
+            raise ValueError(f"GroupNorm: {c} channels not divisible by {self.num_groups} groups")
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        h = x.astype(jnp.float32)
+        shape = h.shape
+        h = h.reshape(shape[:-1] + (self.num_groups, c // self.num_groups))
+        axes = tuple(range(self.batch_dims, h.ndim - 2)) + (h.ndim - 1,)
+        mean = jnp.mean(h, axis=axes, keepdims=True)
+        var = jnp.mean(jnp.square(h - mean), axis=axes, keepdims=True)
+        h = ((h - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(shape)
+        return (h * scale + bias).astype(self.dtype)
+
+
+def layer_norm(name: str, epsilon: float = 1e-5, dtype=jnp.float32):
+    """``torch.nn.LayerNorm`` (eps 1e-5, torch default; two-pass variance)."""
+    return nn.LayerNorm(epsilon=epsilon, use_fast_variance=False, dtype=dtype, name=name)
+
+
+def conv(features: int, kernel, name: str, stride: int = 1, padding: int | None = None,
+         dtype=jnp.float32):
+    """A PyTorch-style convolution: symmetric zero padding ``kernel // 2`` unless given."""
+    kernel = tuple(kernel)
+    pads = [(k // 2, k // 2) if padding is None else (padding, padding) for k in kernel]
+    return nn.Conv(features, kernel, strides=stride, padding=pads, dtype=dtype, name=name)
+
+
+class Downsample(nn.Module):
+    """3x3 convolution with stride 2 on the last two spatial axes (``op``)."""
+
+    out_channels: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        return conv(self.out_channels, (3, 3), "op", stride=2, padding=1, dtype=self.dtype)(x)
+
+
+class Upsample(nn.Module):
+    """Nearest 2x upsampling of the two spatial axes before ``[..., H, W, C]``, then ``conv``."""
+
+    out_channels: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = jnp.repeat(jnp.repeat(x, 2, axis=-3), 2, axis=-2)
+        return conv(self.out_channels, (3, 3), "conv", dtype=self.dtype)(x)
+
+
+class TemporalConvBlock(nn.Module):
+    """lvdm ``TemporalConvBlock`` (from ModelScope): four (GroupNorm, SiLU, Conv3d) stages
+    along time plus identity, on ``[B, T, H, W, C]``. The norms see the whole clip."""
+
+    channels: int
+    spatial_aware: bool = False  # openaimodel3d tempspatial_aware default
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        th = (3, 3, 1) if self.spatial_aware else (3, 1, 1)
+        tw = (3, 1, 3) if self.spatial_aware else (3, 1, 1)
+        h = x
+        for i, kernel in enumerate((th, tw, th, tw), start=1):
+            conv_index = 2 if i == 1 else 3  # conv1 has no Dropout in its Sequential
+            h = GroupNorm(batch_dims=1, dtype=self.dtype, name=f"conv{i}_0")(h)
+            h = conv(self.channels, kernel, f"conv{i}_{conv_index}", dtype=self.dtype)(nn.silu(h))
+        return x + h
+
+
+class ResBlock(nn.Module):
+    """openai/lvdm ``ResBlock`` without scale-shift norm or up/down: x [..., H, W, C] with
+    leading axes ``[B, *rest]``, emb [B, E] (broadcast over ``rest``).
+
+    With ``temporal_conv`` the input must be a video ``[B, T, H, W, C]`` and a
+    ``TemporalConvBlock`` (named ``temopral_conv``, the original's spelling) follows.
+    """
+
+    out_channels: int
+    use_conv_skip: bool = False
+    temporal_conv: bool = False
+    tempspatial_aware: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, emb):
+        bd = x.ndim - 3  # batch-like axes (each frame normalised on its own)
+        h = GroupNorm(batch_dims=bd, dtype=self.dtype, name="in_layers_0")(x)
+        h = conv(self.out_channels, (3, 3), "in_layers_2", dtype=self.dtype)(nn.silu(h))
+        e = nn.Dense(self.out_channels, dtype=self.dtype, name="emb_layers_1")(nn.silu(emb))
+        h = h + e.reshape(e.shape[:1] + (1,) * (h.ndim - 2) + e.shape[1:])
+        h = GroupNorm(batch_dims=bd, dtype=self.dtype, name="out_layers_0")(h)
+        h = conv(self.out_channels, (3, 3), "out_layers_3", dtype=self.dtype)(nn.silu(h))
+        if x.shape[-1] != self.out_channels:
+            x = conv(self.out_channels, (3, 3) if self.use_conv_skip else (1, 1),
+                     "skip_connection", dtype=self.dtype)(x)
+        h = x + h
+        if self.temporal_conv:
+            if h.ndim != 5:
+                raise ValueError(f"temporal_conv needs x [B, T, H, W, C], got shape {x.shape}")
+            h = TemporalConvBlock(self.out_channels, self.tempspatial_aware, dtype=self.dtype,
+                                  name="temopral_conv")(h)
+        return h
