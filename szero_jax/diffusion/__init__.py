@@ -1,0 +1,12 @@
+"""Noise schedules, DDIM / Euler steps and the ``lax.scan`` samplers (see ddim.py for the
+order of operations of a guided DynamiCrafter step)."""
+from szero_jax.diffusion.ddim import (DDIMPlan, cfg_denoiser, ddim_body, ddim_invert,
+                                      ddim_invert_step, ddim_sample, ddim_step, draw_noise,
+                                      make_ddim_plan, plan_at)
+from szero_jax.diffusion.guidance import (PREDICTION_TYPES, guidance, predict_x0_eps,
+                                          rescale_guided)
+from szero_jax.diffusion.schedules import (BETA_SCHEDULES, SPACINGS, NoiseSchedule,
+                                           ddim_timesteps, dynamic_rescale_table,
+                                           dynamicrafter_schedule, make_betas,
+                                           rescale_zero_terminal_snr,
+                                           stable_diffusion_schedule)
