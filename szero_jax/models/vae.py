@@ -1,0 +1,342 @@
+"""KL autoencoders, channels last: one network for lvdm `ae_modules` (DynamiCrafter) and
+diffusers `AutoencoderKL` (Stable Diffusion), and SVD-xt's `AutoencoderKLTemporalDecoder`.
+
+Images are [B, H, W, C] in [-1, 1]; latents [B, h, w, latent_channels] with h = H / 2^(L-1).
+`encode` returns the moments (mean, logvar) of the diagonal Gaussian posterior, logvar
+clamped to [-30, 20] as both originals do. The networks do not scale latents: callers
+multiply by `config.scaling_factor` (0.18215 for SD 1.x/2.x, DynamiCrafter and SVD-xt)
+after encoding and divide before decoding. The VAE is per frame, so it takes no
+cross-view mode: stereo views are just more rows of the batch.
+
+Video helpers fold frames into the batch ([B, T, H, W, C] -> [B*T, H, W, C]) and run the
+network on `chunk` frames at a time (`lax.map`), bounding activation memory.
+
+Param names follow lvdm's: `down_{level}_block_{i}`, `up_{level}_block_{i}` (level 0 is the
+full resolution), `mid_block_1`, `mid_attn_1`, `mid_block_2`; see `vae_keymaps`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from szero_jax.models.attention import multihead_attention
+from szero_jax.models.configs import TemporalVAEConfig, VAEConfig
+
+LOGVAR_RANGE = (-30.0, 20.0)  # lvdm / diffusers DiagonalGaussianDistribution clamp
+NORM_EPS = 1e-6  # lvdm ae_modules.Normalize; diffusers Encoder/Decoder resnet eps
+TEMPORAL_NORM_EPS = 1e-5  # diffusers MidBlock/UpBlockTemporalDecoder temporal_eps
+
+
+def _norm(groups: int, eps: float = NORM_EPS, name: str | None = None) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=groups, epsilon=eps, use_fast_variance=False, name=name)
+
+
+def _conv(features: int, kernel: int = 3, stride: int = 1, padding: Any = 1, dtype=jnp.float32,
+          name: str | None = None) -> nn.Conv:
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
+                   dtype=dtype, name=name)
+
+
+class ResnetBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice plus a 1x1 shortcut when the width changes."""
+
+    out_channels: int
+    groups: int = 32
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        h = _conv(self.out_channels, dtype=self.dtype, name="conv1")(
+            nn.silu(_norm(self.groups, name="norm1")(x)))
+        h = _conv(self.out_channels, dtype=self.dtype, name="conv2")(
+            nn.silu(_norm(self.groups, name="norm2")(h)))
+        if x.shape[-1] != self.out_channels:
+            x = _conv(self.out_channels, 1, padding=0, dtype=self.dtype, name="shortcut")(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head spatial self-attention with a residual (lvdm AttnBlock)."""
+
+    groups: int = 32
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        b, hh, ww, c = x.shape
+        h = _norm(self.groups, name="norm")(x).reshape(b, hh * ww, c)
+        q, k, v = (nn.Dense(c, dtype=self.dtype, name=n)(h) for n in ("q", "k", "v"))
+        h = multihead_attention(q, k, v, heads=1)
+        return x + nn.Dense(c, dtype=self.dtype, name="proj_out")(h).reshape(x.shape)
+
+
+class Downsample(nn.Module):
+    """Pad right/bottom by one, then a stride-2 3x3 conv (lvdm / diffusers)."""
+
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        return _conv(x.shape[-1], stride=2, padding=((0, 1), (0, 1)), dtype=self.dtype,
+                     name="conv")(x)
+
+
+class Upsample(nn.Module):
+    """Nearest 2x, then a 3x3 conv."""
+
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        return _conv(x.shape[-1], dtype=self.dtype, name="conv")(x)
+
+
+class Encoder(nn.Module):
+    """Image [N, H, W, C] -> raw moments [N, h, w, 2 * latent_channels]."""
+
+    block_out_channels: tuple
+    layers_per_block: int
+    latent_channels: int
+    groups: int = 32
+    mid_attention: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        g, dt = self.groups, self.dtype
+        h = _conv(self.block_out_channels[0], dtype=dt, name="conv_in")(x)
+        last = len(self.block_out_channels) - 1
+        for level, ch in enumerate(self.block_out_channels):
+            for i in range(self.layers_per_block):
+                h = ResnetBlock(ch, g, dt, name=f"down_{level}_block_{i}")(h)
+            if level != last:
+                h = Downsample(dt, name=f"down_{level}_downsample")(h)
+        h = ResnetBlock(h.shape[-1], g, dt, name="mid_block_1")(h)
+        if self.mid_attention:
+            h = AttnBlock(g, dt, name="mid_attn_1")(h)
+        h = ResnetBlock(h.shape[-1], g, dt, name="mid_block_2")(h)
+        h = nn.silu(_norm(g, name="norm_out")(h))
+        return _conv(2 * self.latent_channels, dtype=dt, name="conv_out")(h)
+
+
+class Decoder(nn.Module):
+    """Latent [N, h, w, latent_channels] -> image [N, H, W, out_channels]."""
+
+    block_out_channels: tuple
+    layers_per_block: int
+    out_channels: int
+    groups: int = 32
+    mid_attention: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, z):
+        g, dt = self.groups, self.dtype
+        h = _conv(self.block_out_channels[-1], dtype=dt, name="conv_in")(z)
+        h = ResnetBlock(h.shape[-1], g, dt, name="mid_block_1")(h)
+        if self.mid_attention:
+            h = AttnBlock(g, dt, name="mid_attn_1")(h)
+        h = ResnetBlock(h.shape[-1], g, dt, name="mid_block_2")(h)
+        for level in reversed(range(len(self.block_out_channels))):
+            for i in range(self.layers_per_block + 1):
+                h = ResnetBlock(self.block_out_channels[level], g, dt,
+                                name=f"up_{level}_block_{i}")(h)
+            if level != 0:
+                h = Upsample(dt, name=f"up_{level}_upsample")(h)
+        h = nn.silu(_norm(g, name="norm_out")(h))
+        return _conv(self.out_channels, dtype=dt, name="conv_out")(h)
+
+
+def _clamped_moments(moments):
+    mean, logvar = jnp.split(moments, 2, axis=-1)
+    return mean, jnp.clip(logvar, *LOGVAR_RANGE)
+
+
+class AutoencoderKL(nn.Module):
+    """The KL autoencoder. `apply(params, x, method="encode")` -> (mean, logvar);
+    `apply(params, z, method="decode")` -> image; `__call__` encodes and decodes the mean."""
+
+    config: VAEConfig
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        c = self.config
+        self.encoder = Encoder(c.block_out_channels, c.layers_per_block, c.latent_channels,
+                               c.norm_num_groups, c.mid_block_add_attention, self.dtype)
+        self.decoder = Decoder(c.block_out_channels, c.layers_per_block, c.out_channels,
+                               c.norm_num_groups, c.mid_block_add_attention, self.dtype)
+        if c.use_quant_conv:
+            self.quant_conv = _conv(2 * c.latent_channels, 1, padding=0, dtype=self.dtype)
+        if c.use_post_quant_conv:
+            self.post_quant_conv = _conv(c.latent_channels, 1, padding=0, dtype=self.dtype)
+
+    def encode(self, x):
+        moments = self.encoder(x)
+        if self.config.use_quant_conv:
+            moments = self.quant_conv(moments)
+        return _clamped_moments(moments)
+
+    def decode(self, z):
+        if self.config.use_post_quant_conv:
+            z = self.post_quant_conv(z)
+        return self.decoder(z)
+
+    def __call__(self, x):
+        return self.decode(self.encode(x)[0])
+
+
+class TemporalResBlock(nn.Module):
+    """Residual block of (3, 1, 1) convolutions over [B, T, H, W, C] (diffusers)."""
+
+    groups: int = 32
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+
+        def conv(name):
+            return nn.Conv(c, (3, 1, 1), padding=((1, 1), (0, 0), (0, 0)), dtype=self.dtype,
+                           name=name)
+        h = conv("conv1")(nn.silu(_norm(self.groups, TEMPORAL_NORM_EPS, name="norm1")(x)))
+        h = conv("conv2")(nn.silu(_norm(self.groups, TEMPORAL_NORM_EPS, name="norm2")(h)))
+        return x + h
+
+
+class SpatioTemporalResBlock(nn.Module):
+    """Spatial ResnetBlock per frame, then a temporal block, mixed by a learned factor:
+    out = (1 - s) * spatial + s * temporal, s = sigmoid(mix_factor) (diffusers AlphaBlender,
+    merge_strategy "learned", switch_spatial_to_temporal_mix)."""
+
+    out_channels: int
+    groups: int = 32
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, num_frames: int):
+        h = ResnetBlock(self.out_channels, self.groups, self.dtype, name="spatial")(x)
+        video = h.reshape((-1, num_frames) + h.shape[1:])
+        t = TemporalResBlock(self.groups, self.dtype, name="temporal")(video).reshape(h.shape)
+        mix = self.param("mix_factor", nn.initializers.zeros, (1,))  # diffusers merge_factor 0.0
+        s = jax.nn.sigmoid(mix).astype(h.dtype)
+        return (1.0 - s) * h + s * t
+
+
+class TemporalDecoder(nn.Module):
+    """diffusers `TemporalDecoder`: latent [B*T, h, w, C] -> frames [B*T, H, W, out]."""
+
+    block_out_channels: tuple
+    layers_per_block: int
+    out_channels: int
+    groups: int = 32
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, z, num_frames: int):
+        g, dt = self.groups, self.dtype
+        h = _conv(self.block_out_channels[-1], dtype=dt, name="conv_in")(z)
+        h = SpatioTemporalResBlock(h.shape[-1], g, dt, name="mid_block_1")(h, num_frames)
+        h = AttnBlock(g, dt, name="mid_attn_1")(h)
+        h = SpatioTemporalResBlock(h.shape[-1], g, dt, name="mid_block_2")(h, num_frames)
+        for level in reversed(range(len(self.block_out_channels))):
+            for i in range(self.layers_per_block + 1):
+                h = SpatioTemporalResBlock(self.block_out_channels[level], g, dt,
+                                           name=f"up_{level}_block_{i}")(h, num_frames)
+            if level != 0:
+                h = Upsample(dt, name=f"up_{level}_upsample")(h)
+        h = nn.silu(_norm(g, name="norm_out")(h))
+        h = _conv(self.out_channels, dtype=dt, name="conv_out")(h)
+        video = h.reshape((-1, num_frames) + h.shape[1:])
+        video = nn.Conv(self.out_channels, (3, 1, 1), padding=((1, 1), (0, 0), (0, 0)),
+                        dtype=dt, name="time_conv_out")(video)
+        return video.reshape(h.shape)
+
+
+class AutoencoderKLTemporalDecoder(nn.Module):
+    """SVD-xt's VAE: the per-frame encoder and a decoder that mixes `num_frames` frames.
+
+    `apply(params, x, method="encode")` -> (mean, logvar);
+    `apply(params, z, num_frames, method="decode")` with z [B*num_frames, h, w, C], frames
+    of one video consecutive (diffusers layout)."""
+
+    config: TemporalVAEConfig
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        c = self.config
+        self.encoder = Encoder(c.block_out_channels, c.layers_per_block, c.latent_channels,
+                               c.norm_num_groups, True, self.dtype)
+        self.quant_conv = _conv(2 * c.latent_channels, 1, padding=0, dtype=self.dtype)
+        self.decoder = TemporalDecoder(c.block_out_channels, c.layers_per_block,
+                                       c.out_channels, c.norm_num_groups, self.dtype)
+
+    def encode(self, x):
+        return _clamped_moments(self.quant_conv(self.encoder(x)))
+
+    def decode(self, z, num_frames: int):
+        if z.shape[0] % num_frames:
+            raise ValueError(f"z: leading size {z.shape[0]} is not a multiple of "
+                             f"num_frames={num_frames}")
+        return self.decoder(z, num_frames)
+
+    def __call__(self, x, num_frames: int):
+        return self.decode(self.encode(x)[0], num_frames)
+
+
+def sample_latent(key, mean, logvar):
+    """A draw from the posterior: mean + exp(logvar / 2) * eps (lvdm `encode_first_stage`)."""
+    return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
+
+
+def _map_chunks(fn, x, chunk: int):
+    """fn over x's leading axis `chunk` rows at a time (last chunk zero-padded)."""
+    n = x.shape[0]
+    if chunk <= 0:
+        raise ValueError(f"chunk: expected a positive number of frames, got {chunk}")
+    chunk = min(chunk, n)
+    pad = -n % chunk
+    xp = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+    out = jax.lax.map(fn, xp.reshape((-1, chunk) + x.shape[1:]))
+    return jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:])[:n], out)
+
+
+def _check_video(name, v, channels):
+    if v.ndim != 5 or v.shape[-1] != channels:
+        raise ValueError(f"{name}: expected [B, T, H, W, {channels}], got shape {v.shape}")
+
+
+def encode_video(model: nn.Module, params, video, chunk: int = 16):
+    """Per-frame encoding of video [B, T, H, W, C] -> (mean, logvar) [B, T, h, w, c]."""
+    _check_video("video", video, model.config.in_channels)
+    b, t = video.shape[:2]
+    mean, logvar = _map_chunks(lambda x: model.apply(params, x, method="encode"),
+                               video.reshape((b * t,) + video.shape[2:]), chunk)
+    return (mean.reshape((b, t) + mean.shape[1:]), logvar.reshape((b, t) + logvar.shape[1:]))
+
+
+def decode_video(model: nn.Module, params, z, chunk: int = 16):
+    """Decodes latents [B, T, h, w, c] -> video [B, T, H, W, C].
+
+    For `AutoencoderKL` frames are independent and `chunk` only bounds memory. For the
+    temporal decoder each video is decoded `chunk` frames at a time as one clip, as the
+    diffusers SVD pipeline does with `decode_chunk_size` (the result depends on `chunk`).
+    """
+    _check_video("z", z, model.config.latent_channels)
+    b, t = z.shape[:2]
+    if isinstance(model, AutoencoderKLTemporalDecoder):
+        if chunk <= 0:
+            raise ValueError(f"chunk: expected a positive number of frames, got {chunk}")
+        clips = []
+        for start in range(0, t, chunk):  # static slices: at most two clip lengths compile
+            part = z[:, start:start + chunk]
+            n = part.shape[1]
+            out = model.apply(params, part.reshape((b * n,) + z.shape[2:]), n, method="decode")
+            clips.append(out.reshape((b, n) + out.shape[1:]))
+        return jnp.concatenate(clips, axis=1)
+    out = _map_chunks(lambda x: model.apply(params, x, method="decode"),
+                      z.reshape((b * t,) + z.shape[2:]), chunk)
+    return out.reshape((b, t) + out.shape[1:])
