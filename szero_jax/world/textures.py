@@ -39,7 +39,7 @@ def sample_texture(rng, *, background):
         contrast=float(rng.uniform(0.3, 0.7) * rng.choice([-1.0, 1.0])),
         period=float(rng.uniform(0.06, 0.25)), angle=float(rng.uniform(0.0, np.pi)),
         seed=int(rng.integers(2**31)), mix=float(mix), zoom=float(rng.uniform(0.3, 0.9)),
-        offset=tuple(float(o) for o in rng.uniform(0.0, 1.0, 2)),
+        offset=tuple(float(o) for o in rng.uniform(0.0, 0.3, 2)),  # crops mostly unmirrored
         gains=tuple(float(g) for g in np.clip(1.0 + rng.normal(0.0, 0.06, 3), 0.8, 1.2)))
 
 
