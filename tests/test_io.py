@@ -113,8 +113,9 @@ def test_write_video_rejects_bad_frames(tmp_path, frames, match):
 def test_write_rejects_bad_folders(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         write_image(tmp_path / "missing" / "a.png", np.zeros((2, 2, 3)))
+    (tmp_path / "dir.png").mkdir()
     with pytest.raises(ValueError, match="is a folder"):
-        write_image(tmp_path, np.zeros((2, 2, 3)))
+        write_image(tmp_path / "dir.png", np.zeros((2, 2, 3)))
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
