@@ -42,9 +42,14 @@ class DDIMPlan:
         return int(self.timesteps.shape[0])
 
 
-def plan_at(plan: DDIMPlan, i):
-    """Step ``i`` of a plan (``i`` may be traced)."""
+def plan_at(plan, i):
+    """Step ``i`` of a DDIM or Euler plan (``i`` may be traced)."""
     return jax.tree.map(lambda a: a[i], plan)
+
+
+def plan_slice(plan, start: int, stop: int):
+    """Steps ``start:stop`` of a plan, e.g. to resume sampling from an inverted latent."""
+    return jax.tree.map(lambda a: a[start:stop], plan)
 
 
 def _per_step(value, n: int, name: str) -> np.ndarray:
@@ -83,8 +88,10 @@ def make_ddim_plan(schedule: NoiseSchedule, num_steps: int, spacing: str, eta: f
         ts = ddim_timesteps(num_steps, spacing, n_train, steps_offset)
     else:
         ts = np.asarray(timesteps, np.int64)
-        if ts.ndim != 1 or ts.size == 0 or np.any(np.diff(ts) >= 0) or ts.min() < 0 or ts.max() >= n_train:
-            raise ValueError(f"timesteps must be strictly descending ints in [0, {n_train}), got {ts}")
+        ok = ts.ndim == 1 and ts.size > 0 and np.all(np.diff(ts) < 0)
+        if not ok or ts.min() < 0 or ts.max() >= n_train:
+            raise ValueError(f"timesteps must be strictly descending ints in [0, {n_train}), "
+                             f"got {ts}")
     n = ts.shape[0]
     acp = schedule.alphas_cumprod
     final = 1.0 if set_alpha_to_one else acp[0]
@@ -101,7 +108,8 @@ def make_ddim_plan(schedule: NoiseSchedule, num_steps: int, spacing: str, eta: f
     f32 = lambda a: jnp.asarray(np.asarray(a, np.float32))
     return DDIMPlan(
         timesteps=jnp.asarray(ts, jnp.int32), alpha_bar=f32(ab), alpha_bar_prev=f32(ab_prev),
-        sigma=f32(sigma), dir_coef=f32(dir_coef), guidance_scale=f32(_per_step(guidance_scale, n, "guidance_scale")),
+        sigma=f32(sigma), dir_coef=f32(dir_coef),
+        guidance_scale=f32(_per_step(guidance_scale, n, "guidance_scale")),
         guidance_rescale=f32(_per_step(guidance_rescale, n, "guidance_rescale")),
         x0_rescale=f32(x0_rescale), step=jnp.arange(n, dtype=jnp.int32))
 
@@ -124,7 +132,10 @@ def ddim_invert_step(plan_i: DDIMPlan, x, model_output, prediction_type: str):
     ``model_output`` evaluated on it at ``plan_i.timesteps`` -> ``(x at alpha_bar, pred_x0)``.
 
     For eps models this is ``x_t = sqrt(ab/ab_prev) x + (sqrt(1/ab - 1) - sqrt(1/ab_prev - 1))
-    sqrt(ab) eps``; v outputs are turned into eps at the level the model was told.
+    sqrt(ab) eps``; v outputs are turned into eps at the level the model was told. Eq. 9 as
+    printed lacks the ``sqrt(ab)`` on the eps term (DDIM's Eq. 13 is in ``x / sqrt(ab)``
+    coordinates); with it, this is the exact reverse of ``ddim_step`` at eta 0 for fixed eps,
+    as in null-text inversion's code.
     """
     _, eps = predict_x0_eps(model_output, x, plan_i.alpha_bar, prediction_type)
     a_prev, a_t = plan_i.alpha_bar_prev, plan_i.alpha_bar

@@ -138,6 +138,11 @@ def euler_sample(denoise_fn: Callable, x_T, plan: EulerPlan, prediction_type: st
     return traj if return_trajectory else last
 
 
+def dissolve_alpha_bar(plan, dissolve_step: int):
+    """alpha_bar of StereoCrafter-Zero's dissolve level (Eq. 5) in a 50-step DDIM or Euler plan."""
+    return plan.alpha_bar[dissolve_index(dissolve_step, plan.num_steps)]
+
+
 def dissolve_index(dissolve_step: int, num_steps: int = 50) -> int:
     """Index into a ``num_steps`` plan for StereoCrafter-Zero's dissolve level (released
     ``depthcrafter.py``: step ``num_steps - dissolve_step`` of a 50-step schedule; larger
