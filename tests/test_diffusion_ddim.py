@@ -133,3 +133,22 @@ def test_ddim_inversion_round_trip():
     traj = ddim_invert(denoise, x0, plan, "epsilon")
     x_rec, _ = ddim_sample(denoise, traj[0], plan, None, "epsilon")
     assert float(jnp.abs(x_rec - x0).max()) < 1e-4
+
+
+def test_plan_reproduces_lvdm_fixture_steps(fixtures_dir):
+    """Without the UNet: recover each step's v from lvdm's recorded pred_x0 (undoing the
+    dynamic rescale), then our step must give lvdm's next latent (plan: alphas, sigma, eta 1,
+    dynamic rescale, uniform_trailing, alphas_cumprod[0] after the last step)."""
+    f = np.load(fixtures_dir / "dynamicrafter" / "ddim_tiny_trajectory.npz")
+    plan = make_ddim_plan(dynamicrafter_schedule(), 10, "uniform_trailing", 1.0,
+                          dynamic_rescale=True)
+    np.testing.assert_array_equal(np.asarray(plan.timesteps), f["ddim_timesteps"][::-1])
+    for i in range(10):
+        p = plan_at(plan, i)
+        x, x0 = f["x_inter"][i], f["pred_x0"][i + 1]
+        a = float(p.alpha_bar)
+        v = (np.sqrt(a) * x - x0 / float(p.x0_rescale)) / np.sqrt(1.0 - a)
+        x_prev, got_x0 = ddim_step(p, jnp.asarray(x), jnp.asarray(v, jnp.float32),
+                                   jnp.asarray(f["noise"][i]), "v_prediction")
+        np.testing.assert_allclose(np.asarray(got_x0), x0, atol=1e-5)
+        assert np.abs(np.asarray(x_prev) - f["x_inter"][i + 1]).max() < 1e-5, i
