@@ -1,0 +1,113 @@
+"""metrics on numbers: PSNR of known noise, SSIM vs skimage, LPIPS, stereo consistency."""
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import skimage.data
+from skimage.metrics import structural_similarity
+
+from szero_jax.geometry import forward_warp
+from szero_jax.metrics import (clip_f, left_right_consistency, lpips, met3r, psnr, ssim,
+                               temporal_flicker, vertical_disparity)
+
+
+def test_psnr_of_known_error():
+    x = np.zeros((2, 8, 8, 3), np.float32)
+    y = x + np.float32(0.1)  # MSE 0.01 -> 20 dB
+    np.testing.assert_allclose(np.asarray(psnr(x, y)), [20.0, 20.0], atol=1e-4)
+    np.testing.assert_allclose(float(psnr(x[0], y[0] * 2.55, data_range=255.0)[()]),
+                               10 * math.log10(255.0 ** 2 / 0.255 ** 2), atol=1e-3)
+    mask = np.zeros((2, 8, 8), bool)
+    mask[:, :4] = True
+    y[:, 4:] = 1.0  # outside the mask: ignored
+    np.testing.assert_allclose(np.asarray(psnr(x, y, mask=mask)), [20.0, 20.0], atol=1e-4)
+    rng = np.random.default_rng(0)
+    noisy = x + rng.normal(0, 0.05, x.shape).astype(np.float32)
+    assert abs(float(psnr(x, noisy).mean()) - 26.02) < 0.3  # sigma 0.05 -> 26.0 dB
+    with pytest.raises(ValueError, match="share one shape"):
+        psnr(x, y[:1])
+
+
+@pytest.mark.parametrize("shape", [(1, 37, 53, 3), (2, 24, 24, 1)])
+def test_ssim_matches_skimage(shape):
+    rng = np.random.default_rng(1)
+    a = skimage.data.astronaut()[: shape[1] * 4:4, : shape[2] * 4:4, : shape[3]] / 255.0
+    a = np.broadcast_to(a, shape).astype(np.float32)
+    b = np.clip(a + rng.normal(0, 0.08, shape), 0, 1).astype(np.float32)
+    ours = np.asarray(ssim(a, b))
+    for i in range(shape[0]):
+        ref = structural_similarity(a[i], b[i], gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False, data_range=1.0, channel_axis=-1)
+        assert abs(ours[i] - ref) < 1e-3
+    np.testing.assert_allclose(np.asarray(ssim(a, a)), 1.0, atol=1e-5)
+
+
+def test_lpips_loads_offline_and_orders_distortions():
+    img = skimage.data.astronaut()[::8, ::8] / 255.0  # 64x64
+    rng = np.random.default_rng(2)
+    small = np.clip(img + rng.normal(0, 0.03, img.shape), 0, 1)
+    large = np.clip(img + rng.normal(0, 0.2, img.shape), 0, 1)
+    d = np.asarray(lpips(np.stack([img, img, img]), np.stack([img, small, large])))
+    assert d.shape == (3,) and abs(d[0]) < 1e-6 and 0 < d[1] < d[2]
+    with pytest.raises(ValueError, match="RGB"):
+        lpips(img[..., :1], img[..., :1])
+
+
+def test_left_right_consistency_perfect_and_wrong_warp():
+    left = skimage.data.astronaut()[::8, ::8][None] / 255.0
+    yy, xx = np.mgrid[0:64, 0:64]
+    disp = (4.0 + 6.0 * (xx > 32) * (yy > 20)).astype(np.float32)[None]  # a near box
+    right, holes = forward_warp(jnp.asarray(left, jnp.float32), jnp.asarray(disp))
+    good = float(left_right_consistency(left, right, disp)[0])
+    wrong = float(left_right_consistency(left, right, np.full_like(disp, -3.0))[0])
+    assert good < 1e-6 and wrong > 0.05
+    with pytest.raises(ValueError, match="disparity must have shape"):
+        left_right_consistency(left, right, disp[:, :10])
+
+
+def test_vertical_disparity():
+    img = skimage.data.astronaut()[::4, ::4] / 255.0  # 128x128
+    left, right, _ = skimage.data.stereo_motorcycle()
+    pair = np.stack([left[::4, ::4], right[::4, ::4]]) / 255.0
+    shifts = np.asarray(vertical_disparity(pair[:1], pair[1:]))
+    assert abs(shifts[0]) < 0.5  # rectified Middlebury pair: no vertical offset
+    down = np.roll(img, 3, axis=0)  # right[y] = left[y - 3]
+    up = np.roll(np.roll(img, -2, axis=0), 5, axis=1)  # plus a horizontal shift
+    est = np.asarray(vertical_disparity(np.stack([img, img]), np.stack([down, up])))
+    np.testing.assert_allclose(est, [3.0, -2.0], atol=0.3)
+
+
+def test_temporal_flicker():
+    rng = np.random.default_rng(3)
+    left = np.cumsum(rng.normal(0, 0.01, (1, 6, 8, 8, 3)), axis=1).astype(np.float32) + 0.5
+    np.testing.assert_allclose(np.asarray(temporal_flicker(left, left)), [1.0], atol=1e-6)
+    noisy = left + rng.normal(0, 0.05, left.shape).astype(np.float32)
+    assert float(temporal_flicker(left, noisy)[0]) > 10.0
+    with pytest.raises(ValueError, match="T >= 2"):
+        temporal_flicker(left[:, :1], left[:, :1])
+
+
+def test_clip_f_with_any_embedder():
+    embed = lambda frames: frames.reshape(frames.shape[0], -1)  # pixels as embeddings
+    rng = np.random.default_rng(4)
+    a = rng.random((2, 3, 4, 4, 3)).astype(np.float32)
+    assert abs(float(clip_f(embed, a, a)) - 100.0) < 1e-4
+    assert abs(float(clip_f(embed, a, -a)) + 100.0) < 1e-4  # opposite embeddings
+    orth = np.zeros_like(a)
+    orth[..., 0, 0, 0], a2 = 1.0, a.copy()
+    a2[..., 0, 0, 0] = 0.0
+    assert abs(float(clip_f(embed, a2, orth))) < 1e-5  # orthogonal embeddings
+    with pytest.raises(ValueError, match=r"\[N, D\]"):
+        clip_f(lambda f: f, a, a)
+
+
+def test_met3r_adapter_needs_optional_package():
+    pytest.importorskip("torch")
+    try:
+        import met3r as _  # noqa: F401
+        pytest.skip("met3r is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(ImportError, match="optional `met3r` package"):
+        met3r(np.zeros((1, 32, 32, 3)), np.zeros((1, 32, 32, 3)))
