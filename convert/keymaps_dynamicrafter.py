@@ -8,15 +8,16 @@ Linear, ``[O, I, *k] -> [*k, I, O]`` for a convolution, told apart by rank).
 
 ``checkpoint_keymap(parts)`` composes the per-network maps by checkpoint prefix, so a released
 ``.ckpt`` maps onto ``{"unet": ..., "resampler": ..., "text_encoder": ..., ...}``; the
-autoencoder and OpenCLIP maps come from their own modules.
+autoencoder and OpenCLIP maps come from ``szero_jax.models.vae_keymaps`` / ``clip_keymaps``.
 """
 from __future__ import annotations
 
-import importlib
 import re
 from typing import Callable, Optional
 
 import numpy as np
+
+from szero_jax.models import clip_keymaps, configs, vae_keymaps
 
 # lvdm norms: transformer LayerNorms/GroupNorms, ResBlock and output GroupNorms, the
 # TemporalConvBlock GroupNorms (convN.0), the Resampler feed-forward LayerNorm (layers.i.1.0).
@@ -63,44 +64,31 @@ def lvdm_keymap(key: str) -> Optional[tuple[str, object]]:
     return None
 
 
-def _optional(module: str, attr: str) -> Optional[Callable]:
-    """A key-map factory from another network's module, or None while it is absent."""
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        return None
-
-
-def _vae_keymap(prefix: str):
-    factory = _optional("szero_jax.models.vae_keymaps", "lvdm_vae_keymap")
-    return None if factory is None else factory(prefix)
-
-
-def _clip_keymap(name: str, prefix: str):
-    factory = _optional("szero_jax.models.clip_keymaps", name)
-    return None if factory is None else factory(prefix)
-
-
 def _strip(prefix: str, fn: Callable[[str], object]):
     return lambda key: fn(key[len(prefix):])
 
 
-# part name -> (checkpoint prefix, keymap factory given that prefix -> fn(full key) or None)
-PARTS: dict[str, tuple[str, Callable[[str], Optional[Callable]]]] = {
-    "unet": ("model.diffusion_model.", lambda p: _strip(p, lvdm_keymap)),
-    "resampler": ("image_proj_model.", lambda p: _strip(p, lvdm_keymap)),
-    "vae": ("first_stage_model.", _vae_keymap),
+# part -> (checkpoint prefix, factory(prefix, DynamiCrafterConfig) -> fn(full key))
+PARTS: dict[str, tuple[str, Callable]] = {
+    "unet": ("model.diffusion_model.", lambda p, cfg: _strip(p, lvdm_keymap)),
+    "resampler": ("image_proj_model.", lambda p, cfg: _strip(p, lvdm_keymap)),
+    "vae": ("first_stage_model.",
+            lambda p, cfg: vae_keymaps.lvdm_keymap(configs.get(cfg.vae), p)),
     "text_encoder": ("cond_stage_model.model.",
-                     lambda p: _clip_keymap("openclip_text_keymap", p)),
-    "image_encoder": ("embedder.model.", lambda p: _clip_keymap("openclip_vision_keymap", p)),
+                     lambda p, cfg: clip_keymaps.openclip_text_keymap(p)),
+    "image_encoder": ("embedder.model.", lambda p, cfg: clip_keymaps.openclip_vision_keymap(p)),
 }
-# Keys of a part that its network knowingly ignores (e.g. OpenCLIP's other tower).
+# Keys of a converted part that its network knowingly ignores (OpenCLIP's other tower).
 PART_DROPPED: dict[str, Callable[[str], tuple]] = {
-    "text_encoder": lambda p: (_optional("szero_jax.models.clip_keymaps",
-                                         "openclip_text_dropped") or (lambda _: ()))(p),
-    "image_encoder": lambda p: (_optional("szero_jax.models.clip_keymaps",
-                                          "openclip_vision_dropped") or (lambda _: ()))(p),
+    "text_encoder": clip_keymaps.openclip_text_dropped,
+    "image_encoder": clip_keymaps.openclip_vision_dropped,
 }
+
+
+def _check_parts(parts) -> None:
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        raise ValueError(f"parts: expected a non-empty subset of {tuple(PARTS)}, got {tuple(parts)}")
 
 
 def _prefixed(part: str, result):
@@ -110,20 +98,14 @@ def _prefixed(part: str, result):
     return [(f"{part}/{path}", transform) for path, transform in items]
 
 
-def checkpoint_keymap(parts=tuple(PARTS)) -> Callable[[str], object]:
-    """Full-checkpoint key -> ``[(part/path, transform), ...]`` for the chosen ``parts``.
-
-    Raises ValueError when a part is unknown or its key map is not available.
-    """
+def checkpoint_keymap(config, parts=tuple(PARTS)) -> Callable[[str], object]:
+    """Full-checkpoint key -> ``[(part/path, transform), ...]`` for the chosen ``parts`` of a
+    release described by ``config`` (a ``DynamiCrafterConfig``)."""
+    _check_parts(parts)
     fns = {}
     for part in parts:
-        if part not in PARTS:
-            raise ValueError(f"parts: unknown part {part!r}; expected some of {tuple(PARTS)}")
         prefix, factory = PARTS[part]
-        fn = factory(prefix)
-        if fn is None:
-            raise ValueError(f"parts: no key map available for {part!r} (its module is missing)")
-        fns[prefix] = (part, fn)
+        fns[prefix] = (part, factory(prefix, config))
 
     def keymap(key: str):
         for prefix, (part, fn) in fns.items():
@@ -136,6 +118,7 @@ def checkpoint_keymap(parts=tuple(PARTS)) -> Callable[[str], object]:
 def checkpoint_dropped(parts=tuple(PARTS)) -> tuple:
     """Keys to skip knowingly: schedule buffers, the parts not converted, and keys each
     converted part's network ignores."""
+    _check_parts(parts)
     dropped = list(DROPPED_BUFFERS)
     for part, (prefix, _) in PARTS.items():
         if part not in parts:

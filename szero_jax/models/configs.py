@@ -115,6 +115,10 @@ class DynamiCrafterConfig:
 
     unet: DynamiCrafterUNetConfig = DynamiCrafterUNetConfig()
     resampler: ResamplerConfig = ResamplerConfig()
+    # Registry names of the shared networks (all three releases use the same ones).
+    vae: str = "dynamicrafter_vae"  # inference_*_v1.0.yaml first_stage_config
+    text_encoder: str = "openclip_vit_h14_text"  # cond_stage_config FrozenOpenCLIPEmbedder
+    image_encoder: str = "openclip_vit_h14_vision"  # img_cond_stage_config (ViT-H-14 visual)
     parameterization: str = "v"  # inference_512_v1.0.yaml
     rescale_betas_zero_snr: bool = True  # inference_512_v1.0.yaml
     beta_schedule: str = "linear"  # lvdm ddpm3d.DDPM default
