@@ -9,7 +9,7 @@ import torch
 import transformers
 from safetensors.numpy import load_file
 
-from convert import common
+from convert import common, openclip
 from szero_jax.models import clip, configs
 from szero_jax.models import clip_keymaps as km
 
@@ -37,16 +37,7 @@ def _vision_shapes(cfg):
 # ----------------------------------------------------------------------------- OpenCLIP fixture
 def _openclip_tiny_configs(fixtures_dir):
     cfg = json.loads((fixtures_dir / "dynamicrafter" / "openclip_tiny_config.json").read_text())
-    tc, vc = cfg["text_cfg"], cfg["vision_cfg"]
-    text = configs.CLIPTextConfig(
-        vocab_size=tc["vocab_size"], context_length=tc["context_length"], width=tc["width"],
-        layers=tc["layers"], heads=tc["heads"], mlp_dim=4 * tc["width"],
-        projection_dim=cfg["embed_dim"])
-    vision = configs.CLIPVisionConfig(
-        image_size=vc["image_size"], patch_size=vc["patch_size"], width=vc["width"],
-        layers=vc["layers"], heads=vc["width"] // vc["head_width"],
-        mlp_dim=int(vc["mlp_ratio"] * vc["width"]), projection_dim=cfg["embed_dim"])
-    return text, vision
+    return openclip.configs_from_openclip_json(cfg)
 
 
 def test_openclip_fixture_parity(fixtures_dir):
@@ -57,13 +48,13 @@ def test_openclip_fixture_parity(fixtures_dir):
 
     tp = common.convert_to_tree(sd.items(), km.openclip_text_keymap(), _text_shapes(text_cfg),
                                 km.openclip_text_dropped())
-    _, penultimate, _ = clip.CLIPTextEncoder(text_cfg).apply(
+    _, penultimate, _ = jax.jit(clip.CLIPTextEncoder(text_cfg).apply)(
         {"params": tp}, jnp.asarray(io["tokens"], jnp.int32))
     _close(penultimate, io["text_penultimate"])
 
     vp = common.convert_to_tree(sd.items(), km.openclip_vision_keymap(),
                                 _vision_shapes(vision_cfg), km.openclip_vision_dropped())
-    tokens, _ = clip.CLIPVisionEncoder(vision_cfg).apply(
+    tokens, _ = jax.jit(clip.CLIPVisionEncoder(vision_cfg).apply)(
         {"params": vp}, jnp.asarray(io["image"].transpose(0, 2, 3, 1)))
     _close(tokens, io["image_tokens"])
 
@@ -105,7 +96,7 @@ def test_hf_text_parity(act, eos, projection):
         out = model(torch.as_tensor(ids), output_hidden_states=True)
         inner = model.text_model if projection else model
         penultimate = inner.final_layer_norm(out.hidden_states[-2]).numpy()
-    last, pen, pooled = clip.CLIPTextEncoder(cfg).apply({"params": params},
+    last, pen, pooled = jax.jit(clip.CLIPTextEncoder(cfg).apply)({"params": params},
                                                          jnp.asarray(ids, jnp.int32))
     _close(last, out.last_hidden_state.numpy())
     _close(pen, penultimate)
@@ -124,7 +115,7 @@ def test_hf_vision_parity():
     pixels = np.random.default_rng(1).normal(size=(2, 3, 24, 24)).astype(np.float32)
     with torch.no_grad():
         out = model(torch.as_tensor(pixels))
-    tokens, embeds = clip.CLIPVisionEncoder(cfg).apply({"params": params},
+    tokens, embeds = jax.jit(clip.CLIPVisionEncoder(cfg).apply)({"params": params},
                                                        jnp.asarray(pixels.transpose(0, 2, 3, 1)))
     _close(tokens, out.last_hidden_state.numpy())
     _close(embeds, out.image_embeds.numpy())

@@ -20,7 +20,6 @@ Encoders see conditioning, not stereo views, so they take no ``cross_view`` argu
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import flax.linen as nn
 import jax
