@@ -1,0 +1,313 @@
+"""StereoCrafter-Zero sampler (paper Sec. 3.1-3.2, 4.1): the right view's latents are made
+by warping the left view's, with noisy restart (Eq. 2), border handling (Eq. 3), re-warping
+with iterative refinement of the holes (Eq. 4) and cross-view attention.
+
+Shape of the program. Every network evaluation of the method is one *event*; the host lays
+the events out in order (restart rounds x window steps, then each later step followed by its
+refinement rounds) as per-event arrays, and one ``lax.scan`` runs them, each event one
+batched call on ``[left; right]``. K, L, N, w and the stop step only change those arrays
+(their length and values), never the traced program, and the network appears once in it
+(a nested scan would trace it twice: once in the restart scan, once in the refinement one).
+
+Batching. The right view at step i is built from the *left latent at step i*, which is the
+input of the left's own step i, so both views go through one call: during the first restart
+round and on every later step the left half of the call *is* the left view's sampling step
+(its output advances the left trajectory). The other restart rounds replay the stored left
+latents of the window, and refinement rounds re-evaluate the step; their left outputs are
+dropped. Modes ``none``/``uni``/``uni_query`` leave the left rows untouched, so the left
+view is exactly the plain left-only sample. With ``bi``/``swap`` the left trajectory is the
+one the batched calls produce (the released code instead overwrites it with a separate
+left-only pass after every step).
+
+Paper vs released code (shijianjian/StereoCrafter-Zero; see ../shared/REFERENCES.md): the
+defaults are the paper's; ``StereoCrafterZeroConfig.released()`` gives the released run.
+  * restart window: paper t = 49..45 (K = 5); released loop steps 0-5 (K = 6);
+  * first restart round: paper fills every window step's holes from the (unwarped) left
+    latent; released only step 0, later steps from the previous step's right output;
+  * Eq. 2: paper ``x (1 - a) + sigma eps' a``; released also scales ``x`` by
+    ``sigma_t / sigma_{t+1}``. Both use a = sqrt(alpha_bar_t), sigma_t the DDIM sigma
+    (released ``n_weight`` / ``ddim_sigmas``; the paper names neither), so at eta = 0 the
+    restart adds no noise and only shrinks the fill;
+  * border (Eq. 3): paper hard replacement by the left latent; released 0.9 left + 0.1 fill;
+  * re-warp + refinement: paper every 5 steps down to t = 15, N = 4 extra evaluations on the
+    holes; released a (step, evaluations) list (``released_refine_schedule``) and Eq. 4's
+    replacement scaled by ``sigma_t / sigma_{t+1}``;
+  * right-view noise (eta > 0): the left noise warped by the disparity, fresh noise in the
+    holes (what the released code intends); ``"reuse_left"`` is what it runs;
+  * cross-view attention: paper on all sampling steps; released a window of network
+    *evaluations* [25, 45) counted across restart rounds and refinements.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from szero_jax.diffusion import DDIMPlan, ddim_step, plan_at
+from szero_jax.diffusion.guidance import check_prediction_type
+from szero_jax.geometry import border_mask, forward_warp
+from szero_jax.stereo.common import (StereoDenoiseFn, check_latent_and_disparity, join_views,
+                                     mode_code, split_views)
+
+# Released funcs_stereo.py `olist`: (loop step, network evaluations at that step).
+_RELEASED_OLIST = ((6, 8), (9, 8), (14, 3), (19, 6), (24, 6), (29, 6), (34, 6), (39, 6),
+                   (44, 4), (49, 4))
+
+
+def released_refine_schedule(max_warp_step: int = 40) -> Tuple[Tuple[int, int], ...]:
+    """The released (step, extra refinement rounds) list: ``olist`` filtered to steps
+    <= ``max_warp_step`` (released default 40, funcs_stereo.py) plus the entry it always
+    appends, ``(max_warp_step, last count)``; evaluations - 1 = extra rounds."""
+    kept = [(s, n) for s, n in _RELEASED_OLIST if s <= max_warp_step]
+    if kept and max_warp_step not in [s for s, _ in kept]:
+        kept.append((max_warp_step, kept[-1][1]))
+    return tuple((s, n - 1) for s, n in kept)
+
+
+@dataclasses.dataclass(frozen=True)
+class StereoCrafterZeroConfig:
+    """Settings of the stereo part; the DDIM plan (steps, eta, CFG) is separate.
+
+    Steps are loop positions 0..S-1 (0 = noisiest); the paper's ``t`` is ``S - 1 - step``.
+    """
+    restart_steps: int = 5                  # K: paper Sec. 4.1, t = 49..45
+    restart_rounds: int = 7                 # L: paper Sec. 3.1 / 4.1
+    first_round_fill: str = "left"          # paper Sec. 3.1; "previous_step": released
+    restart_sigma_ratio: bool = False       # released ddim_stereo.py scales by sigma_t/sigma_{t+1}
+    border: str = "hard"                    # Eq. 3; "blend": released; "off"
+    border_left_weight: float = 0.9         # released ddim_stereo.py clean_border `lam`
+    warp_every: int = 5                     # w: paper Sec. 4.1 "every 5 steps"
+    warp_stop_t: int = 15                   # paper Sec. 4.1: last refinement at t = 15
+    refine_rounds: int = 4                  # N: paper Sec. 4.1, Tab. 5
+    refine_schedule: Optional[Tuple[Tuple[int, int], ...]] = None  # (step, N) pairs; None: paper rule
+    refine_sigma_ratio: bool = False        # released scales Eq. 4's update by sigma_t/sigma_{t+1}
+    right_noise: str = "warped"             # released intent; "reuse_left": as released runs
+    cross_view: str = "uni_query"           # released BNAttention(direction='uni'): left queries
+    cross_view_window: Tuple[int, Optional[int]] = (0, None)  # paper Sec. 4.1: all steps
+    cross_view_counts_evaluations: bool = False  # released: the window counts evaluations
+
+    @classmethod
+    def released(cls, max_warp_step: int = 40, **overrides) -> "StereoCrafterZeroConfig":
+        """The released code's run (funcs_stereo.py ``batch_stereo_ddim_sampling``)."""
+        base = dict(
+            restart_steps=6,                    # modify_step = [0, 1, 2, 3, 4, 5]
+            first_round_fill="previous_step",
+            restart_sigma_ratio=True,
+            border="blend",
+            refine_schedule=released_refine_schedule(max_warp_step),
+            refine_sigma_ratio=True,
+            right_noise="reuse_left",
+            cross_view_window=(25, 45),         # stereo_att_start_step / end_step
+            cross_view_counts_evaluations=True)
+        base.update(overrides)
+        return cls(**base)
+
+    def validate(self, num_steps: int) -> None:
+        def choice(name, allowed):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        choice("first_round_fill", ("left", "previous_step"))
+        choice("border", ("hard", "blend", "off"))
+        choice("right_noise", ("warped", "reuse_left"))
+        mode_code(self.cross_view, "cross_view")
+        if not 1 <= self.restart_steps <= num_steps:
+            raise ValueError(f"restart_steps must be in [1, {num_steps}], got {self.restart_steps}")
+        if self.restart_rounds < 1:
+            raise ValueError(f"restart_rounds must be >= 1, got {self.restart_rounds}")
+        if self.warp_every < 1:
+            raise ValueError(f"warp_every must be >= 1, got {self.warp_every}")
+        if self.refine_rounds < 0:
+            raise ValueError(f"refine_rounds must be >= 0, got {self.refine_rounds}")
+        if not 0.0 <= self.border_left_weight <= 1.0:
+            raise ValueError(f"border_left_weight must be in [0, 1], got {self.border_left_weight}")
+        for step, n in self.refine_schedule or ():
+            if not self.restart_steps <= step < num_steps or n < 0:
+                raise ValueError(
+                    f"refine_schedule entries must be (step in [restart_steps={self.restart_steps}, "
+                    f"{num_steps}), rounds >= 0), got {(step, n)}")
+
+    def warp_steps(self, num_steps: int) -> dict:
+        """{step: extra refinement rounds} of the warp stages after the restart window."""
+        if self.refine_schedule is not None:
+            out = {}
+            for step, n in self.refine_schedule:
+                out.setdefault(step, n)     # released: the first entry of a step wins
+            return out
+        last = self.restart_steps - 1
+        steps = range(last + self.warp_every, num_steps, self.warp_every)
+        return {s: self.refine_rounds for s in steps if num_steps - 1 - s >= self.warp_stop_t}
+
+
+class StereoEvents(NamedTuple):
+    """The whole schedule as data: per-evaluation arrays [E], the restart window [K], and
+    the numeric switches as scalars. Build with ``build_events`` (host numpy); pass it to
+    ``stereocrafter_zero_run`` as a jit *argument*, so configs with the same E and K share
+    one compiled program."""
+    step: np.ndarray          # int32 [E]: plan step
+    slot: np.ndarray          # int32 [E]: restart window slot (0 outside the restart)
+    restart: np.ndarray       # bool [E]
+    round0: np.ndarray        # bool [E]: first restart round
+    fill_left: np.ndarray     # bool [E]: fill holes from the unwarped left latent
+    warp: np.ndarray          # bool [E]: rebuild the right input from the warped left
+    refine: np.ndarray        # bool [E]: Eq. 4 round
+    advance_left: np.ndarray  # bool [E]: the left output is the left view's next latent
+    mode: np.ndarray          # int32 [E]: cross-view mode
+    window: np.ndarray        # int32 [K]: restart window steps (its length sizes the stores)
+    border_weight: np.ndarray      # float32 scalar: left weight in border holes (0 = off)
+    restart_sigma_ratio: np.ndarray  # bool scalar
+    refine_sigma_ratio: np.ndarray   # bool scalar
+    warp_noise: np.ndarray         # bool scalar: right noise = warped left noise
+
+
+def build_events(config: StereoCrafterZeroConfig, num_steps: int) -> StereoEvents:
+    """Lay out every network evaluation of the method in order."""
+    config.validate(num_steps)
+    k, n_rounds = config.restart_steps, config.restart_rounds
+    rows = []
+    for r in range(n_rounds):
+        for s in range(k):
+            fill_left = r == 0 and (config.first_round_fill == "left" or s == 0)
+            rows.append((s, s, True, r == 0, fill_left, True, False, r == 0))
+    stages = config.warp_steps(num_steps)
+    for s in range(k, num_steps):
+        rows.append((s, 0, False, False, False, s in stages, False, True))
+        rows.extend((s, 0, False, False, False, False, True, False)
+                    for _ in range(stages.get(s, 0)))
+    cols = list(zip(*rows))
+    steps = np.asarray(cols[0], np.int32)
+    start, end = config.cross_view_window
+    end = np.iinfo(np.int32).max if end is None else end
+    clock = np.arange(len(rows)) if config.cross_view_counts_evaluations else steps
+    on = (clock >= start) & (clock < end)
+    mode = np.where(on, mode_code(config.cross_view, "cross_view"), mode_code("none", "none"))
+    border = {"hard": 1.0, "blend": config.border_left_weight, "off": 0.0}[config.border]
+    return StereoEvents(
+        steps, np.asarray(cols[1], np.int32), *(np.asarray(c, bool) for c in cols[2:]),
+        mode.astype(np.int32), np.arange(k, dtype=np.int32), np.float32(border),
+        np.bool_(config.restart_sigma_ratio), np.bool_(config.refine_sigma_ratio),
+        np.bool_(config.right_noise == "warped"))
+
+
+def num_evaluations(config: StereoCrafterZeroConfig, num_steps: int) -> int:
+    """Batched network calls the sampler makes (each on both views)."""
+    return int(build_events(config, num_steps).step.shape[0])
+
+
+_PER_EVENT = ("step", "slot", "restart", "round0", "fill_left", "warp", "refine",
+              "advance_left", "mode")
+_Event = NamedTuple("_Event", [(f, jax.Array) for f in _PER_EVENT])
+
+
+class StereoOutput(NamedTuple):
+    left: jax.Array     # final left latent
+    right: jax.Array    # final right latent
+    holes: jax.Array    # bool, holes of the last warp (disparity's shape)
+
+
+def _right_noise(key, noise_left, disparity, warp):
+    """[S, B, ...] right-view step noise: the left noise warped, fresh noise in the holes
+    (``warp`` True) or the left noise itself."""
+    s, b = noise_left.shape[:2]
+    flat = noise_left.reshape((s * b,) + noise_left.shape[2:])
+    d = jnp.broadcast_to(disparity[None], (s,) + disparity.shape).reshape((s * b,) + disparity.shape[1:])
+    warped, holes = forward_warp(flat, d)
+    fresh = jax.random.normal(key, flat.shape, flat.dtype)
+    warped = jnp.where(holes[..., None], fresh, warped).reshape(noise_left.shape)
+    return jnp.where(warp, warped, noise_left)
+
+
+def _sigma_ratio(plan: DDIMPlan, step):
+    """sigma_t / sigma_{t+1} of the released code: this step's sigma over the previous
+    (noisier) step's; 1 at the first step or when that sigma is 0."""
+    prev = plan.sigma[jnp.maximum(step - 1, 0)]
+    ok = (step > 0) & (prev > 0)
+    return jnp.where(ok, plan.sigma[step] / jnp.where(ok, prev, 1.0), 1.0)
+
+
+def stereocrafter_zero_sample(denoise_fn: StereoDenoiseFn, x_T, disparity, plan: DDIMPlan, key,
+                              config: StereoCrafterZeroConfig = StereoCrafterZeroConfig(),
+                              prediction_type: str = "v_prediction") -> StereoOutput:
+    """Sample a stereo pair: the left view from ``x_T``, the right view by warping.
+
+    denoise_fn: stereo denoiser (``szero_jax.stereo.common``), called on ``[left; right]``.
+    x_T: [B, T, H, W, C] (or [B, H, W, C]) left initial noise. disparity: x_T's shape without
+    channels, in latent pixels (positive = moves left in the right view). key: all of the
+    sampler's randomness (step noise, fixed restart noise eps', hole noise). Traceable:
+    jit the caller with the network params as arguments. prediction_type default: DynamiCrafter
+    is a v-model (REFERENCES.md).
+    """
+    return stereocrafter_zero_run(denoise_fn, x_T, disparity, plan, key,
+                                  build_events(config, plan.num_steps), prediction_type)
+
+
+def stereocrafter_zero_run(denoise_fn: StereoDenoiseFn, x_T, disparity, plan: DDIMPlan, key,
+                           events: StereoEvents, prediction_type: str = "v_prediction"
+                           ) -> StereoOutput:
+    """``stereocrafter_zero_sample`` with the schedule given as data (``build_events``)."""
+    check_prediction_type(prediction_type)
+    check_latent_and_disparity(x_T, disparity)
+    ev = jax.tree.map(jnp.asarray, events)
+    if isinstance(events.step, np.ndarray) and events.step.max() >= plan.num_steps:
+        raise ValueError(f"events were built for more steps than the plan's {plan.num_steps}")
+    k = ev.window.shape[0]
+    k_step, k_fixed, k_holes = jax.random.split(key, 3)
+    noise_l = jax.random.normal(k_step, (plan.num_steps,) + x_T.shape, x_T.dtype)
+    noise_r = _right_noise(k_holes, noise_l, disparity, ev.warp_noise)
+    fixed_eps = jax.random.normal(k_fixed, (k,) + x_T.shape, x_T.dtype)  # eps'_t, drawn once
+    border_w = ev.border_weight
+
+    def bcast(mask):
+        return mask[..., None]
+
+    def ratio_at(step, on):
+        return jnp.where(on, _sigma_ratio(plan, step), 1.0)
+
+    def body(carry, e):
+        x_l, left_store, right_store, last_out, prev_in, prev_l_in, holes = carry
+        p = plan_at(plan, e.step)
+        # Refinement re-evaluates the step: the left input is the previous event's.
+        x_l_in = jnp.where(e.restart & ~e.round0, left_store[e.slot],
+                           jnp.where(e.refine, prev_l_in, x_l))
+
+        def warped_input():
+            warped, h = forward_warp(x_l_in, disparity)
+            first = jnp.where(e.fill_left, x_l_in, last_out)
+            fill = jnp.where(e.round0, first, right_store[e.slot])
+            m_border = bcast(border_mask(h)) & e.restart   # Eq. 3
+            fill = jnp.where(m_border, border_w * x_l_in + (1.0 - border_w) * fill, fill)
+            fill = jnp.where(e.restart, fill, last_out)
+            return jnp.where(bcast(h), fill, warped), h
+
+        def kept_input():
+            ratio = ratio_at(e.step, ev.refine_sigma_ratio)
+            refined = jnp.where(bcast(holes), ratio * last_out, prev_in)   # Eq. 4
+            return jnp.where(e.refine, refined, last_out), holes
+
+        x_r_in, holes = jax.lax.cond(e.warp, warped_input, kept_input)
+        x_in = join_views(x_l_in, x_r_in)
+        t = jnp.broadcast_to(p.timesteps, (x_in.shape[0],))
+        out = denoise_fn(x_in, t, p, e.mode)
+        noise = join_views(noise_l[e.step], noise_r[e.step])
+        x_prev, _ = ddim_step(p, x_in, out, noise, prediction_type)
+        out_l, out_r = split_views(x_prev)
+
+        # Eq. 2: the fill the next round uses at this window step.
+        a = jnp.sqrt(p.alpha_bar)
+        scale = (1.0 - a) * ratio_at(e.step, ev.restart_sigma_ratio)
+        restarted = out_r * scale + p.sigma * fixed_eps[e.slot] * a
+        right_store = right_store.at[e.slot].set(
+            jnp.where(e.restart, restarted, right_store[e.slot]))
+        left_store = left_store.at[e.slot].set(
+            jnp.where(e.restart & e.round0, x_l_in, left_store[e.slot]))
+        x_l = jnp.where(e.advance_left, out_l, x_l)
+        return (x_l, left_store, right_store, out_r, x_r_in, x_l_in, holes), None
+
+    stores = jnp.zeros((k,) + x_T.shape, x_T.dtype)
+    carry = (x_T, stores, stores, x_T, x_T, x_T, jnp.zeros(disparity.shape, bool))
+    per_event = {f: getattr(ev, f) for f in _PER_EVENT}
+    (x_l, _, _, x_r, _, _, holes), _ = jax.lax.scan(
+        lambda c, e: body(c, _Event(**e)), carry, per_event)
+    return StereoOutput(x_l, x_r, holes)

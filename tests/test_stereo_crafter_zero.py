@@ -1,0 +1,157 @@
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from szero_jax.diffusion import ddim_sample, ddim_step, plan_at
+from szero_jax.geometry.warp import forward_warp
+from szero_jax.models.attention import cross_view_index
+from szero_jax.stereo.crafter_zero import (StereoCrafterZeroConfig, build_events,
+                                          num_evaluations, released_refine_schedule,
+                                          stereocrafter_zero_run, stereocrafter_zero_sample)
+from tests.test_stereo_helpers import count_eqns, toy_denoiser, toy_disparity, toy_params, toy_plan
+
+SHAPE = (1, 2, 4, 9, 4)          # B, T, H, W, C
+BASE = StereoCrafterZeroConfig(restart_steps=2, restart_rounds=3, warp_every=2,
+                               warp_stop_t=2, refine_rounds=2)
+
+
+@jax.jit
+def _jitted(params, x_T, disparity, plan, key, events):
+    """One program per (E, K): the schedule and the switches are arguments."""
+    fn = functools.partial(toy_denoiser, params)
+    return stereocrafter_zero_run(fn, x_T, disparity, plan, key, events, "epsilon")
+
+
+def _inputs(seed=0):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    return toy_params(k1), jax.random.normal(k2, SHAPE), toy_disparity(SHAPE[:-1])
+
+
+def _run(config=BASE, eta=1.0, disparity=None, seed=0, key=3):
+    params, x_T, d = _inputs(seed)
+    d = d if disparity is None else disparity
+    plan = toy_plan(10, eta)
+    return _jitted(params, x_T, d, plan, jax.random.PRNGKey(key), build_events(config, 10))
+
+
+def test_paper_schedule_at_50_steps():
+    cfg = StereoCrafterZeroConfig()
+    assert cfg.warp_steps(50) == {9: 4, 14: 4, 19: 4, 24: 4, 29: 4, 34: 4}  # t = 40 .. 15
+    # 5 x 7 restart + 45 later steps + 6 stages x 4 refinements
+    assert num_evaluations(cfg, 50) == 35 + 45 + 24
+
+
+def test_released_schedule_at_50_steps():
+    cfg = StereoCrafterZeroConfig.released()
+    assert released_refine_schedule(40)[-2:] == ((39, 5), (40, 5))
+    ev = build_events(cfg, 50)
+    assert int(ev.restart.sum()) == 42
+    assert num_evaluations(cfg, 50) == 42 + 44 + (7 + 7 + 2 + 5 * 6)
+    on = np.nonzero(ev.mode != cross_view_index("none"))[0]
+    assert on[0] == 25 and on[-1] == 44 and len(on) == 20
+    assert ev.step[on[0]] == 1 and ev.step[on[-1]] == 6   # restart round 5 .. final pass step 6
+
+
+def test_zero_disparity_right_equals_left():
+    out = _run(disparity=jnp.zeros(SHAPE[:-1]))
+    assert not bool(out.holes.any())
+    np.testing.assert_allclose(out.right, out.left, atol=1e-6)
+
+
+def test_left_view_is_the_plain_sample_without_attention_sharing():
+    params, x_T, d = _inputs()
+    cfg = dataclasses.replace(BASE, cross_view="none")
+    out = _run(cfg, eta=0.0)
+    plan = toy_plan(10, 0.0)
+    ref, _ = ddim_sample(lambda x, t, p: toy_denoiser(params, x, t, p, None), x_T, plan, None,
+                         "epsilon")
+    np.testing.assert_allclose(out.left, ref, atol=1e-5)
+    # uni_query changes only the right view
+    out_uq = _run(BASE, eta=0.0)
+    np.testing.assert_allclose(out_uq.left, ref, atol=1e-5)
+
+
+def test_same_seed_is_bit_identical_and_seed_matters():
+    a, b, c = _run(), _run(), _run(key=4)
+    np.testing.assert_array_equal(a.right, b.right)
+    np.testing.assert_array_equal(a.left, b.left)
+    assert float(jnp.abs(a.right - c.right).max()) > 1e-3
+
+
+def test_single_round_without_refinement_is_plain_latent_warping():
+    """K = 1, L = 1, N = 0: warp at step 0 (holes from the left latent) and at each stage
+    (holes keep the right latent), plain batched DDIM otherwise."""
+    cfg = StereoCrafterZeroConfig(restart_steps=1, restart_rounds=1, warp_every=3,
+                                  warp_stop_t=0, refine_rounds=0)
+    params, x_T, d = _inputs()
+    out = _run(cfg, eta=0.0)
+    plan = toy_plan(10, 0.0)
+    mode = cross_view_index("uni_query")
+    x_l, x_r = x_T, None
+    for i in range(10):
+        warped, holes = forward_warp(x_l, d)
+        if i == 0:
+            x_r = jnp.where(holes[..., None], x_l, warped)
+        elif i in (3, 6, 9):
+            x_r = jnp.where(holes[..., None], x_r, warped)
+        p = plan_at(plan, i)
+        x = jnp.concatenate([x_l, x_r])
+        y, _ = ddim_step(p, x, toy_denoiser(params, x, jnp.full((2,), p.timesteps), p, mode),
+                         None, "epsilon")
+        x_l, x_r = y[:1], y[1:]
+    np.testing.assert_allclose(out.left, x_l, atol=1e-5)
+    np.testing.assert_allclose(out.right, x_r, atol=1e-5)
+
+
+@pytest.mark.parametrize("change", [
+    dict(restart_rounds=1),                  # noisy restart off
+    dict(border="off"),
+    dict(border="blend"),
+    dict(refine_rounds=0),                   # iterative refinement off
+    dict(warp_every=100),                    # re-warping off
+    dict(right_noise="reuse_left"),
+    dict(cross_view="none"),                 # cross-view attention off
+    dict(first_round_fill="previous_step"),
+    dict(restart_sigma_ratio=True),
+    dict(refine_sigma_ratio=True),
+    dict(cross_view_window=(0, 3)),
+])
+def test_each_switch_changes_the_right_view(change):
+    base = _run()
+    other = _run(dataclasses.replace(BASE, **change))
+    np.testing.assert_array_equal(other.left, base.left)
+    assert float(jnp.abs(other.right - base.right).max()) > 1e-4, change
+
+
+def _eqns(config, steps):
+    params, x_T, d = _inputs()
+    plan = toy_plan(steps, 1.0)
+    fn = functools.partial(toy_denoiser, params)
+    jaxpr = jax.make_jaxpr(lambda x, dd, k: stereocrafter_zero_sample(
+        fn, x, dd, plan, k, config, "epsilon"))(x_T, d, jax.random.PRNGKey(0))
+    return count_eqns(jaxpr.jaxpr)
+
+
+def test_program_does_not_grow_with_k_l_n_w_or_steps():
+    ref = _eqns(BASE, 10)
+    assert _eqns(dataclasses.replace(BASE, restart_steps=5, restart_rounds=7, refine_rounds=6,
+                                     warp_every=1, warp_stop_t=0), 10) == ref
+    assert _eqns(BASE, 30) == ref
+    assert _eqns(StereoCrafterZeroConfig.released(), 50) == ref
+
+
+def test_bad_config_raises_naming_the_field():
+    with pytest.raises(ValueError, match="restart_steps"):
+        build_events(StereoCrafterZeroConfig(restart_steps=0), 10)
+    with pytest.raises(ValueError, match="border"):
+        build_events(StereoCrafterZeroConfig(border="soft"), 10)
+    with pytest.raises(ValueError, match="cross_view"):
+        build_events(StereoCrafterZeroConfig(cross_view="sideways"), 10)
+    params, x_T, d = _inputs()
+    with pytest.raises(ValueError, match="disparity"):
+        stereocrafter_zero_sample(functools.partial(toy_denoiser, params), x_T, d[..., :-1],
+                                  toy_plan(10), jax.random.PRNGKey(0), BASE, "epsilon")
