@@ -1,4 +1,5 @@
 """disparity_from_depth, resize_disparity, border_mask, dilate_holes on numbers."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -85,10 +86,11 @@ def test_border_mask_matches_released_rule():
 
 def test_border_mask_of_a_warp():
     x = jnp.ones((1, 2, 6, 20, 1))
-    _, holes = forward_warp(x, jnp.full((1, 2, 6, 20), 3.0))
+    warp = jax.jit(forward_warp)
+    _, holes = warp(x, jnp.full((1, 2, 6, 20), 3.0))
     m = np.asarray(border_mask(holes))
     np.testing.assert_array_equal(m[0, 0, 0], [0] * 17 + [1] * 3)
-    _, holes = forward_warp(x, jnp.full((1, 2, 6, 20), -2.0))
+    _, holes = warp(x, jnp.full((1, 2, 6, 20), -2.0))
     np.testing.assert_array_equal(np.asarray(border_mask(holes))[0, 1, 5], [1] * 2 + [0] * 18)
 
 

@@ -59,20 +59,22 @@ def test_forward_warp_equals_naive_loop(shape):
 
 def test_forward_warp_integer_shift_and_negative_disparity():
     x = jnp.arange(8, dtype=jnp.float32).reshape(1, 1, 8, 1) + 1
-    w, h = forward_warp(x, jnp.full((1, 1, 8), 2.0))
+    warp = jax.jit(forward_warp)
+    w, h = warp(x, jnp.full((1, 1, 8), 2.0))
     np.testing.assert_array_equal(np.asarray(w)[0, 0, :, 0], [3, 4, 5, 6, 7, 8, 0, 0])
     np.testing.assert_array_equal(np.asarray(h)[0, 0], [0] * 6 + [1, 1])
-    w, h = forward_warp(x, jnp.full((1, 1, 8), -2.5))  # -2.5 -> c + 3 (floor(c + 3.0))
+    w, h = warp(x, jnp.full((1, 1, 8), -2.5))  # -2.5 -> c + 3 (floor(c + 3.0))
     np.testing.assert_array_equal(np.asarray(w)[0, 0, :, 0], [0, 0, 0, 1, 2, 3, 4, 5])
 
 
 def test_forward_warp_vmapped_equals_per_item():
     rng = np.random.default_rng(1)
     x, d = random_case(rng, (2, 3, 6, 20, 2))
-    batched = forward_warp(jnp.asarray(x), jnp.asarray(d))
-    per_item = jax.vmap(lambda a, b: forward_warp(a[None], b[None]))(jnp.asarray(x), jnp.asarray(d))
+    warp = jax.jit(forward_warp)
+    batched = warp(jnp.asarray(x), jnp.asarray(d))
+    per_item = jax.jit(jax.vmap(lambda a, b: forward_warp(a[None], b[None])))(x, d)
     for i in range(2):
-        single = forward_warp(jnp.asarray(x[i:i + 1]), jnp.asarray(d[i:i + 1]))
+        single = warp(jnp.asarray(x[i:i + 1]), jnp.asarray(d[i:i + 1]))
         np.testing.assert_array_equal(np.asarray(batched[0][i]), np.asarray(single[0][0]))
         np.testing.assert_array_equal(np.asarray(batched[1][i]), np.asarray(single[1][0]))
     np.testing.assert_array_equal(np.asarray(batched[0]), np.asarray(per_item[0])[:, 0])
@@ -102,14 +104,14 @@ def test_middlebury_forward_warp_matches_right_view(motorcycle):
     assert 0.1 < 1 - good.mean() < 0.25  # unknown GT + disocclusions + right border
     assert psnr_on(warped, right, good) >= 25.0  # measured 26.9 dB
     # The convention matters: the opposite sign is far worse.
-    flipped, fh = forward_warp(jnp.asarray(left, jnp.float32), jnp.asarray(-disp))
+    flipped, fh = jax.jit(forward_warp)(jnp.asarray(left, jnp.float32), jnp.asarray(-disp))
     assert psnr_on(flipped, right, ~np.asarray(fh)) < 15.0
 
 
 def test_middlebury_backward_warp_and_occlusions(motorcycle):
     left, right, disp = motorcycle
-    est, valid = backward_warp(jnp.asarray(right, jnp.float32), jnp.asarray(disp))
-    occluded = np.asarray(occlusion_mask(jnp.asarray(disp)))
+    est, valid = jax.jit(backward_warp)(jnp.asarray(right, jnp.float32), jnp.asarray(disp))
+    occluded = np.asarray(jax.jit(occlusion_mask)(jnp.asarray(disp)))
     good = np.asarray(valid) & ~occluded
     assert psnr_on(est, left, good) >= 25.0  # measured 27.6 dB
 
@@ -117,7 +119,7 @@ def test_middlebury_backward_warp_and_occlusions(motorcycle):
 def test_occlusion_mask_equals_naive():
     rng = np.random.default_rng(2)
     _, d = random_case(rng, (2, 5, 24, 1))
-    occ = np.asarray(occlusion_mask(jnp.asarray(d)))
+    occ = np.asarray(jax.jit(occlusion_mask)(jnp.asarray(d)))
     cols = np.broadcast_to(np.arange(24, dtype=np.float32), d.shape)[..., None]
     won, holes = naive_forward_warp(cols, d)
     # A source is visible iff it lands in frame and is the winner at its target.

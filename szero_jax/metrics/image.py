@@ -1,6 +1,9 @@
 """Full-reference image metrics: PSNR and SSIM over [..., H, W, C] arrays."""
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -13,6 +16,7 @@ def _check_pair(x, y, name: str = "x"):
     return x, y
 
 
+@jax.jit
 def psnr(x, y, data_range: float = 1.0, mask=None):
     """PSNR in dB per image: [..., H, W, C] -> [...]. mask: bool [..., H, W] of the pixels to
     compare (all by default). Identical images give inf."""
@@ -44,6 +48,7 @@ def _filter_valid(x, taps):
     return sum(float(t) * x[..., :, i:i + w, :] for i, t in enumerate(taps))
 
 
+@functools.partial(jax.jit, static_argnames="sigma")
 def ssim(x, y, data_range: float = 1.0, sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03):
     """Mean SSIM per image, [..., H, W, C] -> [...], with a Gaussian window (sigma 1.5, 11
     taps) and population covariances: skimage's structural_similarity(gaussian_weights=True,

@@ -1,6 +1,9 @@
 """Stereo-pair metrics that need no reference right view."""
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 
 from szero_jax.geometry import backward_warp, occlusion_mask
@@ -15,6 +18,7 @@ def _views(left, right, min_ndim: int = 4):
     return left, right
 
 
+@jax.jit
 def left_right_consistency(left, right, disparity):
     """Mean absolute error between the left view and the right view backward-warped onto it
     with the intended disparity (left's, pixels), over left pixels visible in the right view
@@ -30,6 +34,7 @@ def left_right_consistency(left, right, disparity):
     return err / jnp.maximum(jnp.sum(good, axis=axes) * left.shape[-1], 1.0)
 
 
+@functools.partial(jax.jit, static_argnames="max_shift")
 def vertical_disparity(left, right, max_shift: int = 8):
     """Estimated vertical offset of the right view in rows ([B, (T,) H, W, C] -> [B]; 0 for a
     rectified pair; s > 0 means right[y] ~ left[y - s]). Horizontal parallax leaves the row
@@ -62,6 +67,7 @@ def vertical_disparity(left, right, max_shift: int = 8):
     return (best - max_shift).astype(jnp.float32) + frac
 
 
+@jax.jit
 def temporal_flicker(left, right):
     """Frame-difference energy of the right view relative to the left: [B, T, H, W, C] -> [B],
     mean((R_t+1 - R_t)^2) / mean((L_t+1 - L_t)^2). 1 = the right view changes over time as
