@@ -10,7 +10,9 @@ the same target `t` satisfy `c - d in [t - 0.5, t + 0.5)`, so `d2 > c2 - t - 0.5
 same holds for any non-decreasing integer rounding of `d` (e.g. the released truncation). So a
 scatter-max of the source column is exactly the "nearest wins, ties -> larger column" z-buffer
 of a key packing quantised disparity above the column, with no quantisation, no range limit
-and half the work; the exact equality to a disparity-keyed loop is tested.
+and half the work (where float32 rounding of the target makes two sources collide whose
+disparities differ by ~1e-5 px, it agrees with a 1/256-px key, which calls them a tie); the
+exact equality to a disparity-keyed loop is tested.
 """
 from __future__ import annotations
 
