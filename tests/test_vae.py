@@ -32,11 +32,6 @@ def _randomise(module, seed=0):
     return module.eval()
 
 
-def _fn(model, method, *static):
-    """Jitted `model.apply(params, x, *static, method=method)` (one compile, not op by op)."""
-    return jax.jit(lambda params, x: model.apply(params, x, *static, method=method))
-
-
 def _convert(module, keymap, model, *init_args):
     target = jax.eval_shape(lambda k: model.init(k, *init_args), jax.random.key(0))
     items = ((k, v.detach().numpy()) for k, v in module.state_dict().items())
@@ -55,9 +50,13 @@ def test_lvdm_autoencoder_matches_fixture(fixtures_dir):
     sd = common.load_state_dict(d / "ae_tiny.safetensors")
     params = {"params": common.convert_to_tree(sd.items(), vae_keymaps.lvdm_keymap(cfg), target)}
     io = np.load(d / "ae_tiny_io.npz")
-    mean, logvar = _fn(model, "encode")(params, _nhwc(io["image"]))
+    @jax.jit  # one compile for both calls
+    def run(params, image, z):
+        return (model.apply(params, image, method="encode"),
+                model.apply(params, z, method="decode"))
+    (mean, logvar), decoded = run(params, _nhwc(io["image"]), _nhwc(io["z"]))
     _assert_close(_nchw(jnp.concatenate([mean, logvar], -1)), io["moments"])
-    _assert_close(_nchw(_fn(model, "decode")(params, _nhwc(io["z"]))), io["decoded"])
+    _assert_close(_nchw(decoded), io["decoded"])
 
 
 _TINY_KL = dict(block_out_channels=[32, 64], layers_per_block=1, latent_channels=4,
@@ -75,10 +74,14 @@ def test_diffusers_autoencoder_kl_parity():
     with torch.no_grad():
         dist = torch_vae.encode(torch.from_numpy(x)).latent_dist
         dec = torch_vae.decode(dist.mean).sample.numpy()
-    mean, logvar = _fn(model, "encode")(params, _nhwc(x))
+    @jax.jit
+    def run(params, x):
+        mean, logvar = model.apply(params, x, method="encode")
+        return mean, logvar, model.apply(params, mean, method="decode")
+    mean, logvar, decoded = run(params, _nhwc(x))
     _assert_close(_nchw(mean), dist.mean.numpy())
     _assert_close(_nchw(logvar), dist.logvar.numpy())
-    _assert_close(_nchw(_fn(model, "decode")(params, mean)), dec)
+    _assert_close(_nchw(decoded), dec)
 
 
 def test_temporal_decoder_parity_and_chunked_video():
@@ -97,17 +100,20 @@ def test_temporal_decoder_parity_and_chunked_video():
         dec = torch_vae.decode(torch.from_numpy(z), num_frames=frames).sample.numpy()
         dec_chunk2 = torch.cat([torch_vae.decode(torch.from_numpy(z[s:s + n]), num_frames=n)
                                 .sample for s, n in ((0, 2), (2, 1))]).numpy()  # video 0
-    mean, logvar = _fn(model, "encode")(params, _nhwc(x))
+    @jax.jit
+    def run(params, x, z):
+        # Video helper: [B, T, h, w, c] decoded 2 frames at a time, as the SVD pipeline does.
+        chunked = vae.decode_video(model, params, z.reshape(2, frames, 8, 8, 4), chunk=2)
+        return (model.apply(params, x, method="encode"),
+                model.apply(params, z, frames, method="decode"), chunked)
+    (mean, logvar), got, chunked = run(params, _nhwc(x), _nhwc(z))
     _assert_close(_nchw(mean), dist.mean.numpy())
     _assert_close(_nchw(logvar), dist.logvar.numpy())
-    got = _fn(model, "decode", frames)(params, _nhwc(z))
     _assert_close(_nchw(got), dec)
-    # Video helper: [B, T, h, w, c], decoded 2 frames at a time as the SVD pipeline does.
-    video_z = _nhwc(z).reshape(2, frames, 8, 8, 4)
-    chunked = jax.jit(vae.decode_video, static_argnums=(0, 3))(model, params, video_z, 2)
     _assert_close(_nchw(chunked[0]), dec_chunk2[:frames])
     with pytest.raises(ValueError, match="num_frames"):
-        jax.eval_shape(_fn(model, "decode", frames), params, _nhwc(z)[:5])
+        jax.eval_shape(lambda p, z: model.apply(p, z, frames, method="decode"), params,
+                       _nhwc(z)[:5])
 
 
 def test_video_helpers_are_per_frame():
@@ -117,14 +123,16 @@ def test_video_helpers_are_per_frame():
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
     params = jax.tree.map(lambda s: rng.normal(0, 0.2, s.shape).astype(np.float32), shapes)
     video = jnp.asarray(rng.uniform(-1, 1, (2, 3, 8, 8, 3)).astype(np.float32))
-    encode_video = jax.jit(vae.encode_video, static_argnums=(0, 3))
-    mean, logvar = encode_video(model, params, video, 4)  # 6 frames: one padded chunk
-    m_ref, lv_ref = _fn(model, "encode")(params, video.reshape(6, 8, 8, 3))
+    @jax.jit
+    def run(params, video):
+        mean, logvar = vae.encode_video(model, params, video, chunk=4)  # 6 frames: one padded
+        out = vae.decode_video(model, params, mean, chunk=5)
+        m_ref, lv_ref = model.apply(params, video.reshape(6, 8, 8, 3), method="encode")
+        return mean, logvar, out, m_ref, lv_ref, model.apply(params, m_ref, method="decode")
+    mean, logvar, out, m_ref, lv_ref, ref = run(params, video)
     assert mean.shape == (2, 3, 8, 8, 4)
     _assert_close(np.asarray(mean).reshape(6, 8, 8, 4), np.asarray(m_ref))
     _assert_close(np.asarray(logvar).reshape(6, 8, 8, 4), np.asarray(lv_ref))
-    out = jax.jit(vae.decode_video, static_argnums=(0, 3))(model, params, mean, 5)
-    ref = _fn(model, "decode")(params, m_ref)
     _assert_close(np.asarray(out).reshape(6, 8, 8, 3), np.asarray(ref))
     with pytest.raises(ValueError, match="video"):
         jax.eval_shape(lambda p, v: vae.encode_video(model, p, v), params, video[0])
