@@ -102,3 +102,11 @@ def test_load_default_missing_explains(monkeypatch, tmp_path):
     checkpoints.save_params(tmp_path / "tiny" / "vae", _params(), {"a": 1}, family="vae")
     params, cfg = checkpoints.load_default("vae")
     assert cfg == {"a": 1} and float(params["scale"][0]) == 2.0
+
+
+def test_round_trip_registered_config(tmp_path):
+    from szero_jax.models import configs
+    cfg = configs.get("svd_xt_vae")
+    checkpoints.save_params(tmp_path / "ck", _params(), cfg, family="svd_xt_vae")
+    _, back = checkpoints.load_params(tmp_path / "ck", expected_family="svd_xt_vae")
+    assert back == cfg and isinstance(back.block_out_channels, tuple)
