@@ -76,8 +76,11 @@ def _safetensors_raw_reader(path: Path):
 
 
 def _load_safetensors(path: Path) -> StateDict:
-    from safetensors import safe_open  # pylint: disable=import-outside-toplevel
-    handle = safe_open(str(path), framework="np")
+    from safetensors import SafetensorError, safe_open  # pylint: disable=import-outside-toplevel
+    try:
+        handle = safe_open(str(path), framework="np")
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"path: {path} is not a readable safetensors file: {e}") from e
     keys = list(handle.keys())
     shapes, raw_keys = {}, set()
     for k in keys:
@@ -118,6 +121,9 @@ def _load_torch(path: Path) -> StateDict:
         raise ValueError(
             f"path: refused to load {path}: it is not a weights-only checkpoint (its pickle "
             f"asks for objects beyond tensors and plain containers). {e}") from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"path: {path} is not a readable PyTorch checkpoint (truncated?): "
+                         f"{type(e).__name__}: {e}") from e
     state = _unwrap(obj, path)
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 

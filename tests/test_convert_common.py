@@ -58,6 +58,11 @@ def test_torch_and_safetensors_loading(tmp_path):
         np.testing.assert_array_equal(loaded["b"], [1.5, 2.5])
     with pytest.raises(FileNotFoundError, match="path"):
         common.load_state_dict(tmp_path / "none.ckpt")
+    for name in ("m.ckpt", "m.safetensors"):  # truncated files
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / f"cut_{name}").write_bytes(data[: len(data) // 2])
+        with pytest.raises(ValueError, match="not a readable"):
+            common.load_state_dict(tmp_path / f"cut_{name}")
     (tmp_path / "w.npz").write_bytes(b"")
     with pytest.raises(ValueError, match="suffix"):
         common.load_state_dict(tmp_path / "w.npz")
