@@ -66,9 +66,9 @@ def test_left_unchanged_without_attention_sharing_and_shift_is_eq3():
     np.testing.assert_array_equal(out.shifted, ~holes)
 
 
-def test_paper_spsmd_is_eq6_with_the_shifted_left_in_the_masked_input():
-    """At an SPSMD step the masked right input is S(x_{t'-1}) of the left (Eq. 7) and the
-    right's update reuses eps(x'_t) (Eq. 6): for eps models that is linear in the input."""
+def test_paper_and_released_spsmd_differ_only_in_the_right_view():
+    """Paper (Eq. 6-7, masked right input replaced) and released (masked output replaced)
+    SPSMD give different right views and the same left view."""
     ev_paper = build_stereodiffusion_events(dataclasses.replace(BASE, spsmd="paper"), 10)
     ev_rel = build_stereodiffusion_events(dataclasses.replace(BASE, spsmd="released"), 10)
     params, x_T, d = _inputs()

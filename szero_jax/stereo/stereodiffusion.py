@@ -7,10 +7,13 @@ so the right half of the early calls repeats the left; one network copy in the p
 worth more than those calls). The views share the step noise (the paper samples with eta 0).
 
 Paper vs released code (lez-s/StereoDiffusion; see ../shared/REFERENCES.md):
-  * SPSMD: the paper's Eq. 6-7 puts the shifted left latent ``S(x_{t'-1})`` into the masked
-    positions of the right *input* and redoes the right's DDIM update with the same model
-    output (``spsmd="paper"``); the released code overwrites the right's *output* there
-    (``"released"``);
+  * SPSMD: the paper's Eq. 6-7 puts the shifted left latent into the masked positions of the
+    right *input* ``X'_t'`` and takes the right's DDIM update from it with the model output of
+    the unmodified input (``spsmd="paper"``); the released code overwrites the right's
+    *output* there (``"released"``). Eq. 7 writes the left latent as ``x_{t'-1}`` (the left's
+    output); put into an input at level t' that mixes noise levels and breaks "zero
+    disparity gives two equal views", so we read it as the left latent at the same level,
+    the left's input ``x_t'``;
   * shift at 20 % of the steps (Sec. 3.1; released step 10 of 50), SPSMD every 10 steps after
     it (released: steps 20, 30, 40), attention sharing from the shift step (released 10).
 """
@@ -126,7 +129,7 @@ def stereodiffusion_run(denoise_fn: StereoDenoiseFn, x_T, disparity, plan: DDIMP
         n2 = join_views(n, n)
         x_prev, _ = ddim_step(p, x, out, n2, prediction_type)
         left_prev, right_prev = split_views(x_prev)
-        _, right_in = split_views(x)
+        left_in, right_in = split_views(x)
         _, out_r = split_views(out)
 
         def nothing():
@@ -137,12 +140,13 @@ def stereodiffusion_run(denoise_fn: StereoDenoiseFn, x_T, disparity, plan: DDIMP
             fill = jnp.where(deblur, blur_noise, jnp.zeros_like(warped))
             return jnp.where(holes[..., None], fill, warped), ~holes
 
-        def spsmd():                                              # Eq. 6-7
-            warped, _ = forward_warp(left_prev, disparity)
+        def spsmd():
             m = shifted[..., None]
-            mixed_in = jnp.where(m, warped, right_in)
-            paper, _ = ddim_step(p, mixed_in, out_r, n, prediction_type)
-            released = jnp.where(m, warped, right_prev)
+            warped_in, _ = forward_warp(left_in, disparity)                 # Eq. 7
+            paper, _ = ddim_step(p, jnp.where(m, warped_in, right_in), out_r, n,
+                                 prediction_type)                           # Eq. 6
+            warped_prev, _ = forward_warp(left_prev, disparity)
+            released = jnp.where(m, warped_prev, right_prev)
             return jnp.where(spsmd_paper, paper, released), shifted
 
         right_prev, shifted = jax.lax.switch(action, [nothing, shift, spsmd])
