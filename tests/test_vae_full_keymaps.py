@@ -86,3 +86,59 @@ def test_mis_shaped_config_is_reported():
     with pytest.raises(common.ConversionError, match="unmapped|unknown Flax params"):
         common.check_keymap(shapes, vae_keymaps.diffusers_keymap(cfg),
                             _target(vae.AutoencoderKL(cfg)))
+
+
+def _random_torch(cls, config, seed):
+    torch.manual_seed(seed)
+    module = cls(**{k: v for k, v in config.items() if not k.startswith("_")}).eval()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0.0, 0.05)  # small enough that 20+ residual blocks stay in range
+    return module
+
+
+def _close(got, want, rel=1e-4):
+    import numpy as np
+    got = np.asarray(got).transpose(0, 3, 1, 2)
+    err, scale = float(np.abs(got - want).max()), float(np.abs(want).max())
+    assert err <= rel * scale, f"max abs error {err:.3g} > {rel} x scale {scale:.3g}"
+
+
+@pytest.mark.slow
+def test_full_size_sd_vae_parity():
+    import numpy as np
+    from diffusers import AutoencoderKL
+    tv = _random_torch(AutoencoderKL, SD15_VAE, 0)
+    cfg = configs.get("sd15_vae")
+    model = vae.AutoencoderKL(cfg)
+    items = ((k, v.numpy()) for k, v in tv.state_dict().items())
+    params = {"params": common.convert_to_tree(items, vae_keymaps.diffusers_keymap(cfg),
+                                               _target(model))}
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        dist = tv.encode(torch.from_numpy(x)).latent_dist
+        dec = tv.decode(dist.mean).sample.numpy()
+    run = jax.jit(lambda p, x: (lambda m: (m, model.apply(p, m[0], method="decode")))(
+        model.apply(p, x, method="encode")))
+    (mean, logvar), out = run(params, jnp.asarray(x.transpose(0, 2, 3, 1)))
+    _close(mean, dist.mean.numpy())
+    _close(logvar, dist.logvar.numpy())
+    _close(out, dec)
+
+
+@pytest.mark.slow
+def test_full_size_svd_xt_vae_parity():
+    import numpy as np
+    from diffusers import AutoencoderKLTemporalDecoder
+    tv = _random_torch(AutoencoderKLTemporalDecoder, SVD_XT_VAE, 1)
+    cfg = configs.get("svd_xt_vae")
+    model = vae.AutoencoderKLTemporalDecoder(cfg)
+    items = ((k, v.numpy()) for k, v in tv.state_dict().items())
+    params = {"params": common.convert_to_tree(items, vae_keymaps.temporal_keymap(cfg),
+                                               _target(model, 1))}
+    z = np.random.default_rng(1).normal(size=(4, 4, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        dec = tv.decode(torch.from_numpy(z), num_frames=4).sample.numpy()
+    out = jax.jit(lambda p, z: model.apply(p, z, 4, method="decode"))(
+        params, jnp.asarray(z.transpose(0, 2, 3, 1)))
+    _close(out, dec)
