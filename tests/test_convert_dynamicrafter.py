@@ -9,7 +9,7 @@ import torch
 from safetensors.numpy import load_file
 
 from convert import common
-from convert.dynamicrafter import FAMILY, convert_checkpoint, part_shapes
+from convert.dynamicrafter import FAMILY, convert_checkpoint, convert_state, part_shapes
 from convert.keymaps_dynamicrafter import (PARTS, SCHEDULE_BUFFERS, checkpoint_dropped,
                                            checkpoint_keymap, kernel, lvdm_keymap)
 from szero_jax import checkpoints
@@ -99,7 +99,6 @@ def test_incomplete_or_foreign_keys_are_reported(fixtures_dir):
     state["model.diffusion_model.extra.weight"] = np.zeros((2, 2), np.float32)
     state["image_proj_model.latents"] = np.zeros((1, 3, 32), np.float32)
     with pytest.raises(common.ConversionError) as e:
-        from convert.dynamicrafter import convert_state
         convert_state(state, cfg, parts=("unet", "resampler"))
     msg = str(e.value)
     assert "unet/out_2/bias" in msg and "extra.weight" in msg and "resampler/latents" in msg

@@ -15,7 +15,7 @@ from szero_jax.models.unet3d import SpatialTransformer, TemporalTransformer, UNe
 
 
 @pytest.fixture(scope="module")
-def tiny(request):
+def tiny():
     from tests.conftest import FIXTURES
     d = FIXTURES / "dynamicrafter"
     if not d.is_dir():
@@ -88,18 +88,17 @@ def test_transformer_cross_view_is_view_major(kind):
     if kind == "spatial":
         cross = dict(image_cross_attention=True, scale_learnable=False, scale=1.0, text_len=77)
         module = SpatialTransformer(heads=2, dim_head=16, depth=1, use_linear=True, cross=cross)
-        run = lambda p, v, cv=None: module.apply(p, v, ctx[:v.shape[0] * t], cv)
+        run = jax.jit(lambda p, v, cv=None: module.apply(p, v, ctx[:v.shape[0] * t], cv))
     else:
         module = TemporalTransformer(heads=2, dim_head=16, depth=1, use_linear=True)
-        run = lambda p, v, cv=None: module.apply(p, v, cv)
+        run = jax.jit(lambda p, v, cv=None: module.apply(p, v, cv))
     params = jax.tree.map(lambda a: a + 0.2 * jnp.asarray(rng.standard_normal(a.shape), a.dtype),
                           module.init(jax.random.key(0), x, ctx, None) if kind == "spatial"
                           else module.init(jax.random.key(0), x))
     solo = np.asarray(run(params, x))
     none = np.asarray(run(params, x, jnp.int32(cross_view_index("none"))))
     uni = np.asarray(run(params, x, jnp.int32(cross_view_index("uni"))))
-    left_alone = np.asarray(module.apply(params, x[:b], ctx[:b * t]) if kind == "spatial"
-                            else module.apply(params, x[:b]))
+    left_alone = np.asarray(run(params, x[:b]))
     scale = np.abs(solo).max()
     np.testing.assert_allclose(none, solo, atol=1e-5 * scale)
     np.testing.assert_allclose(uni[:b], left_alone, atol=1e-5 * scale)

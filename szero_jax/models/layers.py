@@ -7,7 +7,6 @@ stay a renaming (``in_layers.2`` -> ``in_layers_2``).
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -43,7 +42,7 @@ class GroupNorm(nn.Module):
     Params: ``scale``, ``bias``.
     """
 
-    num_groups: int = 32  # lvdm basics.normalization / torch default use
+    num_groups: int = 32  # lvdm basics.normalization and the transformers' norms
     epsilon: float = 1e-5  # torch.nn.GroupNorm default
     batch_dims: int = 1
     dtype: jnp.dtype = jnp.float32
