@@ -34,24 +34,28 @@ def _check_pair(x, disparity, x_name: str) -> tuple[int, ...]:
     return x.shape
 
 
-def _row_targets(d_row):
-    """Target column of every source pixel of one row, and whether it lands inside the row."""
-    width = d_row.shape[-1]
-    t = jnp.floor(jnp.arange(width, dtype=jnp.float32) - d_row.astype(jnp.float32) + 0.5)
+def _targets(d):
+    """Target column of every source pixel of rows d [N, W], and whether it lands in the row."""
+    width = d.shape[-1]
+    t = jnp.floor(jnp.arange(width, dtype=jnp.float32) - d.astype(jnp.float32) + 0.5)
     inside = jnp.isfinite(t) & (t >= 0) & (t < width)  # NaN disparity: the source is dropped
     return jnp.where(inside, t, 0).astype(jnp.int32), inside
 
 
-def _row_winner(d_row):
-    """Per target pixel of one row, the source column winning the z-buffer, or -1 for a hole."""
-    width = d_row.shape[-1]
-    t, inside = _row_targets(d_row)
-    # Outside targets go to a dump slot at index `width` (explicit: a negative index would wrap
-    # before scatter's mode='drop' sees it), so every index is in bounds.
-    t = jnp.where(inside, t, width)
-    cols = jnp.arange(width, dtype=jnp.int32)
-    winner = jnp.full((width + 1,), -1, jnp.int32).at[t].max(cols, mode="promise_in_bounds")
-    return winner[:width]
+def _winners(d):
+    """Per target pixel of rows d [N, W], the source column winning the z-buffer (-1: hole).
+
+    One flat scatter-max over all rows. Outside targets go to a dump slot past the end
+    (explicit: a negative index would wrap before scatter's mode='drop' sees it), so every
+    index is in bounds. Columns are int16 when they fit: half the scatter's memory traffic."""
+    n, width = d.shape
+    t, inside = _targets(d)
+    flat = jnp.where(inside, jnp.arange(n, dtype=jnp.int32)[:, None] * width + t, n * width)
+    dtype = jnp.int16 if width <= jnp.iinfo(jnp.int16).max else jnp.int32
+    cols = jnp.broadcast_to(jnp.arange(width, dtype=dtype), (n, width))
+    winner = jnp.full((n * width + 1,), -1, dtype).at[flat.reshape(-1)].max(
+        cols.reshape(-1), mode="promise_in_bounds")
+    return winner[:-1].reshape(n, width).astype(jnp.int32)
 
 
 def forward_warp(x, disparity):
@@ -62,15 +66,17 @@ def forward_warp(x, disparity):
     on one target the nearest (largest disparity) wins, ties -> larger source column (the
     released code truncates the shift: pass `jnp.trunc(d)` to reproduce it). Non-finite
     disparities are dropped. Returns warped (x's shape and dtype, zeros in holes) and holes
-    (bool, disparity's shape). jit-able: a scatter-max and a gather per row, vmapped over rows.
+    (bool, disparity's shape). jit-able; batch, frames and rows share one scatter-max and one
+    gather (flattened: equivalent to vmapping the per-row kernel, and faster on CPU).
     """
     shape = _check_pair(x, disparity, "x")
     width, channels = shape[-2], shape[-1]
-    winner = jax.vmap(_row_winner)(disparity.reshape(-1, width))
+    winner = _winners(disparity.reshape(-1, width))
     holes = winner < 0
-    take = lambda row, idx: row.at[idx].get(mode="promise_in_bounds")
-    gathered = jax.vmap(take)(x.reshape(-1, width, channels), jnp.maximum(winner, 0))
-    warped = jnp.where(holes[..., None], jnp.zeros((), x.dtype), gathered)
+    rows = jnp.arange(winner.shape[0], dtype=jnp.int32)[:, None] * width
+    src = (rows + jnp.maximum(winner, 0)).reshape(-1)
+    gathered = x.reshape(-1, channels).at[src].get(mode="promise_in_bounds")
+    warped = jnp.where(holes.reshape(-1, 1), jnp.zeros((), x.dtype), gathered)
     return warped.reshape(shape), holes.reshape(shape[:-1])
 
 
@@ -79,12 +85,10 @@ def occlusion_mask(disparity):
     nearer pixel, or shifted out of the frame. disparity [..., H, W] -> bool, same shape."""
     if disparity.ndim < 2:
         raise ValueError(f"disparity must be [..., H, W], got shape {disparity.shape}")
-
-    def row_visible(d_row):
-        t, inside = _row_targets(d_row)
-        return inside & (_row_winner(d_row)[t] == jnp.arange(d_row.shape[-1]))
-
-    visible = jax.vmap(row_visible)(disparity.reshape(-1, disparity.shape[-1]))
+    d = disparity.reshape(-1, disparity.shape[-1])
+    t, inside = _targets(d)
+    won = jnp.take_along_axis(_winners(d), t, axis=-1)
+    visible = inside & (won == jnp.arange(d.shape[-1], dtype=jnp.int32))
     return ~visible.reshape(disparity.shape)
 
 
