@@ -107,12 +107,16 @@ def test_single_round_without_refinement_is_plain_latent_warping():
     np.testing.assert_allclose(out.right, x_r, atol=1e-5)
 
 
+# Switches that change the number of evaluations compile their own program: slow.
+_OWN_PROGRAM = pytest.mark.slow
+
+
 @pytest.mark.parametrize("change", [
-    dict(restart_rounds=1),                  # noisy restart off
+    pytest.param(dict(restart_rounds=1), marks=_OWN_PROGRAM),   # noisy restart off
     dict(border="off"),
     dict(border="blend"),
-    dict(refine_rounds=0),                   # iterative refinement off
-    dict(warp_every=100),                    # re-warping off
+    pytest.param(dict(refine_rounds=0), marks=_OWN_PROGRAM),    # iterative refinement off
+    pytest.param(dict(warp_every=100), marks=_OWN_PROGRAM),     # re-warping off
     dict(right_noise="reuse_left"),
     dict(cross_view="none"),                 # cross-view attention off
     dict(first_round_fill="previous_step"),
