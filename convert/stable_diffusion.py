@@ -1,0 +1,296 @@
+"""Convert a Stable Diffusion diffusers folder (SD 1.5, SD 2.1 base / 768-v, SD 2 depth).
+
+    python -m convert.stable_diffusion --model_dir stable-diffusion-2-1 --output_dir ckpt/sd21
+
+Reads ``unet/``, ``vae/``, ``text_encoder/`` (``config.json`` + safetensors, sharded
+safetensors or a weights-only ``.bin``) and writes one `szero_jax.checkpoints` checkpoint per
+network: ``<output_dir>/unet`` (family ``unet2d``), ``/vae`` (``vae``), ``/text_encoder``
+(``clip_text``), plus ``<output_dir>/tokenizer/`` copied from the folder so the pipelines
+tokenize offline. The prediction type comes from ``scheduler/scheduler_config.json``. Folders
+this port does not run (e.g. SD 2 depth's ``depth_estimator/``) are listed and skipped.
+Every tensor must map onto a Flax param of the right shape, else the converter fails listing
+every unmapped, missing or mis-shaped key.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from absl import app, flags
+
+from convert import common
+from szero_jax import checkpoints
+from szero_jax.models import clip_keymaps
+from szero_jax.models import configs as C
+from szero_jax.models import vae_keymaps
+from szero_jax.models.unet_keymap import diffusers_unet_key
+
+CONVERTED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+WEIGHT_STEMS = ("diffusion_pytorch_model", "model")  # diffusers, transformers safetensors
+BIN_STEMS = ("diffusion_pytorch_model", "pytorch_model")  # diffusers, transformers .bin
+
+
+# ------------------------------------------------------------------------------ folder reading
+def read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what}: {path} is not valid JSON: {e}") from e
+
+
+def component_state(folder: Path, variant: Optional[str] = None) -> common.StateDict:
+    """The weights of one diffusers component folder as a lazy, safely loaded state dict."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model_dir: no component folder {folder}")
+    suffix = f".{variant}" if variant else ""
+    for stem in WEIGHT_STEMS:
+        single = folder / f"{stem}{suffix}.safetensors"
+        if single.is_file():
+            return common.load_state_dict(single)
+        index = folder / f"{stem}{suffix}.safetensors.index.json"
+        if index.is_file():
+            shards = sorted(set(read_json(index, "model_dir")["weight_map"].values()))
+            return common.load_safetensors_dir(folder / s for s in shards)
+    for stem in BIN_STEMS:
+        binary = folder / f"{stem}{suffix}.bin"
+        if binary.is_file():
+            return common.load_state_dict(binary)
+    raise FileNotFoundError(
+        f"model_dir: {folder} holds no weights (expected {WEIGHT_STEMS[0]}{suffix}.safetensors, "
+        f"{WEIGHT_STEMS[1]}{suffix}.safetensors, a sharded .safetensors.index.json or a {'/'.join(BIN_STEMS)}{suffix}.bin)")
+
+
+def copy_folder(src: Path, dst: Path) -> None:
+    """Copies a small folder (tokenizer files) to ``dst`` via a temporary sibling."""
+    if not src.is_dir():
+        raise FileNotFoundError(f"model_dir: no {src} (the pipelines need the tokenizer files)")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    if dst.exists():
+        shutil.rmtree(dst)
+    tmp.rename(dst)
+
+
+def _check_options(cfg: dict, fixed: dict, known: set, what: str) -> None:
+    for key, value in cfg.items():
+        if key.startswith("_"):
+            continue
+        if key in fixed:
+            ok = value in fixed[key] if isinstance(fixed[key], tuple) else value == fixed[key]
+            if not ok:
+                raise ValueError(f"{what}: {key}={value!r} is not supported (only {fixed[key]!r})")
+        elif key not in known:
+            raise ValueError(f"{what}: unknown option {key}={value!r}")
+
+
+def _per_level(value, n: int, what: str) -> tuple:
+    out = (value,) * n if isinstance(value, int) else tuple(value)
+    if len(out) != n:
+        raise ValueError(f"{what}: expected one value per level ({n}), got {value!r}")
+    return out
+
+
+# ------------------------------------------------------------------------------ configs
+# UNet2DConditionModel options whose value this port fixes (diffusers defaults / SD values).
+_UNET_FIXED = {
+    "act_fn": "silu", "norm_num_groups": 32, "center_input_sample": False, "downsample_padding": 1,
+    "mid_block_scale_factor": 1, "class_embed_type": None, "addition_embed_type": None,
+    "time_embedding_type": "positional", "resnet_time_scale_shift": "default",
+    "only_cross_attention": False, "dual_cross_attention": False,
+    "mid_block_type": "UNetMidBlock2DCrossAttn", "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None, "num_class_embeds": None, "conv_in_kernel": 3,
+    "conv_out_kernel": 3, "time_cond_proj_dim": None, "attention_type": "default",
+    "reverse_transformer_layers_per_block": None, "class_embeddings_concat": False,
+    "projection_class_embeddings_input_dim": None, "time_embedding_dim": None,
+    "time_embedding_act_fn": None, "timestep_post_act": None, "cross_attention_norm": None,
+    "addition_time_embed_dim": None, "resnet_skip_time_act": False,
+    "resnet_out_scale_factor": 1.0, "mid_block_only_cross_attention": None, "dropout": 0.0,
+    "addition_embed_type_num_heads": 64}
+_UNET_KNOWN = {"in_channels", "out_channels", "block_out_channels", "layers_per_block",
+               "attention_head_dim", "num_attention_heads", "cross_attention_dim",
+               "down_block_types", "up_block_types", "transformer_layers_per_block",
+               "use_linear_projection", "norm_eps", "flip_sin_to_cos", "freq_shift",
+               "sample_size", "upcast_attention"}  # upcast: softmax is float32 here anyway
+
+
+def unet2d_config_from_diffusers(cfg: dict, prediction_type: str = "epsilon") -> C.UNet2DConfig:
+    """A ``UNet2DConfig`` from a diffusers ``unet/config.json`` dict (refuses other variants)."""
+    _check_options(cfg, _UNET_FIXED, _UNET_KNOWN, "unet/config.json")
+    n = len(cfg["block_out_channels"])
+    down = tuple(cfg["down_block_types"])
+    cross = tuple(t == "CrossAttnDownBlock2D" for t in down)
+    mirrored = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cross))
+    if any(t not in ("CrossAttnDownBlock2D", "DownBlock2D") for t in down) or \
+            tuple(cfg["up_block_types"]) != mirrored:
+        raise ValueError(f"unet/config.json: block types {down} / {cfg['up_block_types']} are not "
+                         "supported (CrossAttnDownBlock2D/DownBlock2D, mirrored up blocks)")
+    # diffusers reads attention_head_dim as the head count when num_attention_heads is unset.
+    heads = cfg.get("num_attention_heads") or cfg.get("attention_head_dim", 8)
+    layers = cfg.get("transformer_layers_per_block", 1)
+    if not isinstance(layers, int):
+        raise ValueError(f"unet/config.json: transformer_layers_per_block must be one int, got {layers!r}")
+    d = C.UNet2DConfig()
+    return C.UNet2DConfig(
+        in_channels=cfg.get("in_channels", d.in_channels),
+        out_channels=cfg.get("out_channels", d.out_channels),
+        block_out_channels=tuple(cfg["block_out_channels"]),
+        layers_per_block=cfg.get("layers_per_block", d.layers_per_block),
+        heads=_per_level(heads, n, "unet/config.json attention heads"),
+        cross_attention_dim=cfg["cross_attention_dim"], cross_attn=cross,
+        transformer_layers_per_block=layers,
+        use_linear_projection=cfg.get("use_linear_projection", False),
+        norm_eps=cfg.get("norm_eps", d.norm_eps),
+        flip_sin_to_cos=cfg.get("flip_sin_to_cos", True), freq_shift=cfg.get("freq_shift", 0),
+        sample_size=cfg.get("sample_size", d.sample_size), prediction_type=prediction_type)
+
+
+def clip_text_config_from_hf(cfg: dict) -> C.CLIPTextConfig:
+    """A ``CLIPTextConfig`` from a transformers ``text_encoder/config.json`` dict."""
+    act = cfg.get("hidden_act", "quick_gelu")  # transformers CLIPTextConfig default
+    if act not in ("gelu", "quick_gelu"):
+        raise ValueError(f"text_encoder/config.json: hidden_act {act!r} is not supported")
+    with_projection = any("WithProjection" in a for a in cfg.get("architectures") or ())
+    eos = cfg.get("eos_token_id", 2)
+    return C.CLIPTextConfig(
+        vocab_size=cfg["vocab_size"], context_length=cfg["max_position_embeddings"],
+        width=cfg["hidden_size"], layers=cfg["num_hidden_layers"],
+        heads=cfg["num_attention_heads"], mlp_dim=cfg["intermediate_size"], activation=act,
+        layer_norm_eps=cfg.get("layer_norm_eps", 1e-5),  # transformers CLIPTextConfig default
+        projection_dim=cfg.get("projection_dim") if with_projection else None,
+        eos_token_id=None if eos == 2 else eos)  # legacy eos 2: pool at argmax (see config)
+
+
+# ------------------------------------------------------------------------------ conversion
+def _shapes(module, *args):
+    import jax  # pylint: disable=import-outside-toplevel
+    return jax.eval_shape(module.init, jax.random.key(0), *args)["params"]
+
+
+def unet2d_shapes(cfg: C.UNet2DConfig):
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    from szero_jax.models.unet2d import UNet2DCondition  # pylint: disable=import-outside-toplevel
+    s = 2 ** (len(cfg.block_out_channels) - 1)
+    return _shapes(UNet2DCondition(cfg), jnp.zeros((1, s, s, cfg.in_channels)), jnp.zeros((1,)),
+                   jnp.zeros((1, 1, cfg.cross_attention_dim)))
+
+
+def vae_shapes(cfg: C.VAEConfig):
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    from szero_jax.models.vae import AutoencoderKL  # pylint: disable=import-outside-toplevel
+    s = 2 ** (len(cfg.block_out_channels) - 1)
+    return _shapes(AutoencoderKL(cfg), jnp.zeros((1, s, s, cfg.in_channels)))
+
+
+def text_shapes(cfg: C.CLIPTextConfig):
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    from szero_jax.models.clip import CLIPTextEncoder  # pylint: disable=import-outside-toplevel
+    return _shapes(CLIPTextEncoder(cfg), jnp.zeros((1, cfg.context_length), jnp.int32))
+
+
+# Buffers some releases store that no network reads (older transformers saved position_ids).
+TEXT_DROPPED = ("text_model.embeddings.position_ids", "embeddings.position_ids")
+
+
+def convert_components(model_dir: Path, variant: Optional[str] = None,
+                       dtype: Any = np.float32) -> dict[str, tuple[Any, Any, str]]:
+    """{name: (params, config, family)} for unet, vae and text_encoder of a diffusers folder.
+
+    Raises ``convert.common.ConversionError`` listing the problems of every component at once.
+    """
+    sched = model_dir / "scheduler" / "scheduler_config.json"
+    prediction = read_json(sched, "model_dir").get("prediction_type", "epsilon") if sched.is_file() \
+        else "epsilon"  # DDIMScheduler default
+    unet_cfg = unet2d_config_from_diffusers(read_json(model_dir / "unet" / "config.json", "model_dir"),
+                                            prediction)
+    vae_cfg = C.VAEConfig.from_diffusers(read_json(model_dir / "vae" / "config.json", "model_dir"))
+    text_cfg = clip_text_config_from_hf(read_json(model_dir / "text_encoder" / "config.json",
+                                                  "model_dir"))
+    jobs = {"unet": (unet_cfg, "unet2d", diffusers_unet_key, unet2d_shapes(unet_cfg), ()),
+            "vae": (vae_cfg, "vae", vae_keymaps.diffusers_keymap(vae_cfg), vae_shapes(vae_cfg), ()),
+            "text_encoder": (text_cfg, "clip_text", clip_keymaps.hf_text_keymap(),
+                             text_shapes(text_cfg), TEXT_DROPPED)}
+    return run_jobs(model_dir, jobs, variant, dtype)
+
+
+def run_jobs(model_dir: Path, jobs: dict, variant: Optional[str], dtype: Any) -> dict:
+    """Converts each ``name: (config, family, keymap, target, dropped)`` from ``model_dir/name``."""
+    out, problems = {}, []
+    for name, (cfg, family, keymap, target, dropped) in jobs.items():
+        state = component_state(model_dir / name, variant)
+        try:
+            params = common.convert_to_tree(state.items(), keymap, target, dropped, dtype)
+        except common.ConversionError as e:
+            problems.append(f"{name}/: {e}")
+            continue
+        out[name] = (params, cfg, family)
+    if problems:
+        raise common.ConversionError("\n".join(problems))
+    return out
+
+
+def skipped_folders(model_dir: Path, converted=CONVERTED) -> list[str]:
+    return sorted(p.name for p in model_dir.iterdir() if p.is_dir() and p.name not in converted)
+
+
+def save_all(components: dict, output_dir: Path, overwrite: bool) -> None:
+    for name, (params, cfg, family) in components.items():
+        checkpoints.save_params(output_dir / name, params, cfg, family, overwrite=overwrite)
+
+
+def run(checkpoint: str, output_dir: str, variant: Optional[str] = None, dtype: str = "float32",
+        overwrite: bool = False) -> Path:
+    """Converts the diffusers folder ``checkpoint`` into ``output_dir``; returns output_dir.
+
+    (``checkpoint`` is the folder, so `experiments/convert.py --checkpoint` can dispatch here.)
+    """
+    model_dir, out = Path(checkpoint), Path(output_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model_dir: no diffusers folder at {model_dir}")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"output_dir: {out} is not empty; pass --overwrite to replace it")
+    components = convert_components(model_dir, variant, np_dtype(dtype))
+    save_all(components, out, overwrite)
+    copy_folder(model_dir / "tokenizer", out / "tokenizer")
+    return out
+
+
+def np_dtype(name: str):
+    if name == "float32":
+        return np.float32
+    if name == "bfloat16":
+        import ml_dtypes  # pylint: disable=import-outside-toplevel
+        return ml_dtypes.bfloat16
+    raise ValueError(f"dtype: expected 'float32' or 'bfloat16', got {name!r}")
+
+
+def _define_flags():
+    """Flags are defined only when run as a script, so importing `run` clashes with no one."""
+    flags.DEFINE_string("model_dir", None, "diffusers folder with unet/, vae/, text_encoder/, tokenizer/")
+    flags.DEFINE_string("output_dir", None, "Directory for unet/, vae/, text_encoder/, tokenizer/")
+    flags.DEFINE_string("variant", None, "Weight file variant, e.g. fp16 (default: the plain files)")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Stored parameter dtype")
+    flags.DEFINE_bool("overwrite", False, "Replace existing outputs")
+
+
+def main(argv):
+    del argv
+    f = flags.FLAGS
+    if not f.model_dir or not f.output_dir:
+        raise app.UsageError("--model_dir and --output_dir are required")
+    out = run(f.model_dir, f.output_dir, f.variant, f.dtype, f.overwrite)
+    skipped = skipped_folders(Path(f.model_dir))
+    print(f"wrote {out}/unet, vae, text_encoder and tokenizer"
+          + (f"; skipped {skipped}" if skipped else ""))
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)
