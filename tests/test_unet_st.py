@@ -123,7 +123,7 @@ def test_temporal_self_attention_takes_cross_view():
     blk = TemporalBasicTransformerBlock(dim=8, heads=2, dim_head=4, context_dim=6, num_frames=3)
     h = jax.random.normal(jax.random.PRNGKey(0), (2 * 3, 5, 8))  # 2 views x 3 frames, 5 positions
     tctx = jax.random.normal(jax.random.PRNGKey(1), (2 * 5, 1, 6))
-    params = blk.init(jax.random.PRNGKey(2), h, tctx)
+    params = jax.jit(blk.init)(jax.random.PRNGKey(2), h, tctx)
     apply = jax.jit(blk.apply)
     none = apply(params, h, tctx, jnp.int32(cross_view_index("none")))
     uq = apply(params, h, tctx, jnp.int32(cross_view_index("uni_query")))
