@@ -103,3 +103,27 @@ def test_bad_input_names_argument():
         net.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 4)), jnp.zeros(1), jnp.zeros((1, 2, 24)))
     with pytest.raises(ValueError, match="context must be"):
         net.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 5)), jnp.zeros(1), jnp.zeros((1, 2, 7)))
+
+
+@pytest.mark.parametrize("key, path", [
+    ("conv_in.weight", "conv_in/kernel"),
+    ("time_embedding.linear_1.bias", "time_embedding/linear_1/bias"),
+    ("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_out.0.weight",
+     "down_blocks_1_attentions_0/transformer_blocks_0/attn1/to_out/kernel"),
+    ("up_blocks.2.attentions.1.transformer_blocks.0.ff.net.0.proj.weight",
+     "up_blocks_2_attentions_1/transformer_blocks_0/ff/net_0/proj/kernel"),
+    ("mid_block.resnets.1.norm2.weight", "mid_block_resnets_1/norm2/scale"),
+    ("down_blocks.0.attentions.0.time_mixer.mix_factor", "down_blocks_0_attentions_0/time_mixer/mix_factor"),
+    ("conv_norm_out.weight", "conv_norm_out/scale"),
+])
+def test_keymap_paths(key, path):
+    assert diffusers_unet_key(key)[0] == path
+
+
+def test_keymap_transforms_and_errors():
+    conv1x1 = np.arange(6, dtype=np.float32).reshape(3, 2, 1, 1)
+    np.testing.assert_array_equal(diffusers_unet_key("mid_block.attentions.0.proj_in.weight")[1](conv1x1),
+                                  conv1x1[:, :, 0, 0].T)
+    for bad in ("weight", "0.conv.weight", "a.to_out.1.weight", "conv_in.running_mean"):
+        with pytest.raises(ValueError):
+            diffusers_unet_key(bad)
