@@ -1,6 +1,8 @@
 """Disparity maps in pixels from relative depth or disparity, and resizing them."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,13 +65,15 @@ def disparity_from_depth(depth, max_disparity: float, kind: str = "depth",
         if kind == "depth" and np.any(host <= 0):
             raise ValueError("depth must be > 0 everywhere for kind='depth' (it is inverted); "
                              "pass kind='disparity' for inverse-depth maps")
-    v = jnp.asarray(depth, jnp.float32)
-    if kind == "depth":
-        v = 1.0 / v
-    n = _normalise(v, percentiles) ** exponent
-    if convergence is not None:
-        n = n - convergence
-    return n * (max_disparity * (depth.shape[-1] if width is None else width))
+    scale = max_disparity * (depth.shape[-1] if width is None else width)
+    return _disparity(jnp.asarray(depth, jnp.float32), kind == "depth", convergence,
+                      tuple(percentiles), float(exponent), float(scale))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
+def _disparity(v, invert, convergence, percentiles, exponent, scale):
+    n = _normalise(1.0 / v if invert else v, percentiles) ** exponent
+    return (n if convergence is None else n - convergence) * scale
 
 
 def resize_disparity(disparity, size: tuple[int, int], method: str = "bilinear"):
