@@ -1,0 +1,431 @@
+"""Trains the tiny model family (szero_jax/tiny.py) on the procedural stereo world.
+
+    python -m experiments.train_tiny --stage all --work_dir /tmp/tiny_work
+
+Stages, in dependency order: vae -> clip (text + image encoders) -> video (DynamiCrafter
+UNet + Resampler, CLIP frozen) -> depth (DepthCrafter UNet; VAE and image encoder frozen)
+-> eval (held-out metrics JSON and the sample grid). World clips (training seeds
+0..num_clips-1 only) are rendered once into a cache in --work_dir. Each stage's optax state
+is checkpointed with orbax in --work_dir/state_<stage>; --resume continues from it.
+Finished networks are written with `save_params` to --output_dir/<name>/.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import app, flags, logging
+
+from szero_jax import checkpoints, tiny, world
+from szero_jax.diffusion import SVD_SIGMA_MAX, SVD_SIGMA_MIN, dynamicrafter_schedule
+from szero_jax.models.clip import CLIPTextEncoder, CLIPVisionEncoder, preprocess_image
+from szero_jax.models.resampler import Resampler
+from szero_jax.models.unet3d import UNet3D
+from szero_jax.models.unet_st import UNetSpatioTemporal
+from szero_jax.models.vae import AutoencoderKL
+
+STAGES = ("vae", "clip", "video", "depth", "eval")
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("stage", "all", STAGES + ("all",), "Stage to run ('all': every stage in order).")
+flags.DEFINE_integer("steps", None, "Training steps of each stage run (default: DEFAULT_STEPS).")
+flags.DEFINE_integer("batch_size", None, "Batch size (default: DEFAULT_BATCH per stage).")
+flags.DEFINE_integer("height", tiny.HEIGHT, "Clip height.")
+flags.DEFINE_integer("width", tiny.WIDTH, "Clip width.")
+flags.DEFINE_integer("frames", tiny.FRAMES, "Frames per training clip of the video/depth models.")
+flags.DEFINE_integer("num_clips", 400, "Training clips (seeds 0..num_clips-1), 2x frames each.")
+flags.DEFINE_integer("latent_clips", 200, "Clips the video and depth models train on.")
+flags.DEFINE_integer("num_eval", 16, "Held-out clips (seeds from HELDOUT_SEED_START) for eval.")
+flags.DEFINE_string("output_dir", str(checkpoints.TINY_DIR), "Where the trained networks go.")
+flags.DEFINE_string("work_dir", "/tmp/szero_tiny_work", "Clip cache and resumable train state.")
+flags.DEFINE_string("docs_dir", "docs", "Where eval writes tiny_samples.png.")
+flags.DEFINE_bool("resume", False, "Continue each stage from its saved train state.")
+flags.DEFINE_integer("log_every", 25, "Log the mean loss every this many steps.")
+flags.DEFINE_integer("save_every", 200, "Checkpoint the train state every this many steps.")
+flags.DEFINE_integer("seed", 0, "Seed of initialisation, batches and noise.")
+
+DEFAULT_STEPS = {"vae": 1200, "clip": 600, "video": 1500, "depth": 1000}
+DEFAULT_BATCH = {"vae": 16, "clip": 64, "video": 4, "depth": 4}
+LR = {"vae": 1e-3, "clip": 1e-3, "video": 5e-4, "depth": 5e-4}
+VAE_CROP = 32  # the VAE is convolutional: train on crops, evaluate on whole frames
+KL_WEIGHT = 1e-6  # ldm models/first_stage_models/kl-f*/config.yaml kl_weight
+DEPTH_FRACTION = 0.25  # share of VAE batches that are disparity maps (the depth model's input)
+UNCOND_PROB = 0.05  # DynamiCrafter training_512_v1.0 config: text dropped < 2p, image in [p, 3p)
+LOGIT_SCALE_INIT = float(np.log(1 / 0.07))  # CLIP (Radford et al. 2021) temperature init
+LOGIT_SCALE_MAX = float(np.log(100.0))  # CLIP clips the logit scale at 100
+# EDM log-normal training sigmas, shifted to high noise as in SVD fine-tuning (P_mean 0.7,
+# P_std 1.6: SVD_Xtend train_svd.py, after Blattmann et al. 2023 Sec. D).
+P_MEAN, P_STD = 0.7, 1.6
+# Deviation: a share of log-uniform sigmas over SVD-xt's whole sampling range (0.002-700), so
+# the few-step Karras sampler's first steps are in the training range.
+SIGMA_UNIFORM_SHARE = 0.2
+DEPTH_UNCOND_PROB = 0.1  # both conditions zeroed: the unconditional half of DepthCrafter's CFG
+
+
+# ----------------------------------------------------------------------------- data
+def clip_cache(work_dir: Path, n: int, h: int, w: int, frames: int) -> dict:
+    """Training clips of 2*frames frames, rendered once: frames uint8, disparity, tokens."""
+    path = work_dir / f"clips_{n}_{h}x{w}x{2 * frames}.npz"
+    if path.exists():
+        return dict(np.load(path))
+    logging.info("rendering %d training clips (%dx%d, %d frames) into %s", n, h, w, 2 * frames, path)
+    video, disp, captions, t0 = [], [], [], time.time()
+    for seed in range(n):
+        assert seed < world.HELDOUT_SEED_START
+        s = world.make_scene(seed, h, w, 2 * frames)
+        video.append(np.round(s.left * 255).astype(np.uint8))
+        disp.append(s.disparity.astype(np.float32))
+        captions.append(s.caption)
+        if (seed + 1) % 50 == 0:
+            logging.info("  %d/%d clips, %.0f s", seed + 1, n, time.time() - t0)
+    data = dict(video=np.stack(video), disparity=np.stack(disp),
+                tokens=tiny.tokenizer()(captions))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **data)
+    tmp.rename(path)
+    return data
+
+
+def to_signed(video_u8):
+    return video_u8.astype(np.float32) / 127.5 - 1.0
+
+
+def normalise_disparity(disp):
+    """Per-clip min-max to [-1, 1] over [..., T, H, W] (DepthCrafter's disparity target)."""
+    lo = disp.min(axis=(-3, -2, -1), keepdims=True)
+    hi = disp.max(axis=(-3, -2, -1), keepdims=True)
+    return 2.0 * (disp - lo) / np.maximum(hi - lo, 1e-6) - 1.0
+
+
+def gray3(x):
+    return np.repeat(x[..., None], 3, axis=-1)
+
+
+# ----------------------------------------------------------------------------- training loop
+def train(stage: str, params, loss_fn, batch_fn, frozen, steps: int, work_dir: Path):
+    """Generic loop: AdamW with warmup + cosine decay, grad clipping, orbax train state.
+
+    ``loss_fn(params, frozen, batch, key) -> (loss, aux)``; ``batch_fn(rng) -> batch``.
+    """
+    lr = optax.warmup_cosine_decay_schedule(0.0, LR[stage], min(100, steps // 10 + 1), steps,
+                                            LR[stage] * 0.05)
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr, weight_decay=1e-4))
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    mngr = ocp.CheckpointManager((work_dir / f"state_{stage}").resolve(),
+                                 options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+    if FLAGS.resume and mngr.latest_step() is not None:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        state = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(abstract))
+        logging.info("[%s] resumed at step %d", stage, int(state["step"]))
+
+    @jax.jit
+    def step_fn(params, opt_state, frozen, batch, key):
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, frozen, batch, key)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss, aux
+
+    params, opt_state = state["params"], state["opt_state"]
+    start = int(state["step"])
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    logging.info("[%s] %.2fM trainable params, steps %d..%d", stage, n_params / 1e6, start, steps)
+    window, t0, history = [], time.time(), []
+    for step in range(start, steps):
+        rng = np.random.default_rng([FLAGS.seed, STAGES.index(stage), step])
+        key = jax.random.fold_in(jax.random.PRNGKey(FLAGS.seed), step)
+        params, opt_state, loss, aux = step_fn(params, opt_state, frozen, batch_fn(rng), key)
+        window.append(float(loss))
+        if (step + 1) % FLAGS.log_every == 0 or step + 1 == steps:
+            rate = (step + 1 - start) / (time.time() - t0)
+            extra = " ".join(f"{k} {float(v):.4f}" for k, v in aux.items())
+            logging.info("[%s] step %d/%d loss %.5f %s | %.2f steps/s, eta %.0f s", stage, step + 1,
+                         steps, np.mean(window), extra, rate, (steps - step - 1) / rate)
+            history.append((step + 1, float(np.mean(window))))
+            window = []
+        if (step + 1) % FLAGS.save_every == 0 or step + 1 == steps:
+            mngr.save(step + 1, args=ocp.args.StandardSave(
+                {"params": params, "opt_state": opt_state, "step": jnp.asarray(step + 1, jnp.int32)}))
+    mngr.wait_until_finished()
+    report = {"steps": steps, "wall_s": time.time() - t0, "resumed_at": start,
+              "final_loss": history[-1][1] if history else None, "history": history}
+    (work_dir / f"train_{stage}.json").write_text(json.dumps(report, indent=1))
+    return params
+
+
+def out_path(name):
+    return Path(FLAGS.output_dir) / name
+
+
+def save(name, params, config):
+    checkpoints.save_params(out_path(name), params, config, tiny.FAMILIES[name], overwrite=True)
+    logging.info("saved %s", out_path(name))
+
+
+def load(name):
+    return checkpoints.load_params(out_path(name), tiny.FAMILIES[name])
+
+
+# ----------------------------------------------------------------------------- VAE
+def vae_loss(model):
+    def loss_fn(params, frozen, batch, key):
+        mean, logvar = model.apply(params, batch, method="encode")
+        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
+        rec = model.apply(params, z, method="decode")
+        l1, mse = jnp.mean(jnp.abs(rec - batch)), jnp.mean((rec - batch) ** 2)
+        kl = 0.5 * jnp.sum(mean ** 2 + jnp.exp(logvar) - 1.0 - logvar) / batch.size
+        return l1 + mse + KL_WEIGHT * kl, {"psnr": 10 * jnp.log10(4.0 / mse)}
+    return loss_fn
+
+
+def stage_vae(data, work_dir):
+    model, cfg = AutoencoderKL(tiny.VAE), tiny.VAE
+    bs = FLAGS.batch_size or DEFAULT_BATCH["vae"]
+    video, disp = data["video"], data["disparity"]
+    n, t, h, w = disp.shape
+
+    def batch_fn(rng):
+        i, f = rng.integers(n, size=bs), rng.integers(t, size=bs)
+        y, x = rng.integers(h - VAE_CROP + 1, size=bs), rng.integers(w - VAE_CROP + 1, size=bs)
+        out = np.empty((bs, VAE_CROP, VAE_CROP, 3), np.float32)
+        for k in range(bs):
+            sl = (i[k], f[k], slice(y[k], y[k] + VAE_CROP), slice(x[k], x[k] + VAE_CROP))
+            if rng.random() < DEPTH_FRACTION:
+                out[k] = gray3(normalise_disparity(disp[i[k]])[sl[1:]])
+            else:
+                out[k] = to_signed(video[sl])
+        return out
+
+    params = jax.jit(model.init)(jax.random.PRNGKey(FLAGS.seed), jnp.zeros((1, VAE_CROP, VAE_CROP, 3)))
+    params = train("vae", params, vae_loss(model), batch_fn, None, steps_for("vae"), work_dir)
+    # scaling_factor = 1 / std of the training latents (how SD's 0.18215 was chosen).
+    enc = jax.jit(lambda p, x: model.apply(p, x, method="encode")[0])
+    sample = to_signed(video[:64:4].reshape(-1, h, w, 3))
+    z = np.concatenate([np.asarray(enc(params, sample[k:k + 32])) for k in range(0, len(sample), 32)])
+    cfg = dataclasses.replace(cfg, scaling_factor=float(1.0 / z.std()))
+    logging.info("VAE latent std %.4f -> scaling_factor %.4f", z.std(), cfg.scaling_factor)
+    save("vae", params, cfg)
+
+
+# ----------------------------------------------------------------------------- CLIP
+def clip_image_input(frames):
+    """World frames in [-1, 1] [B, H, W, 3] -> tiny CLIP input."""
+    return preprocess_image(frames, size=tiny.CLIP_IMAGE_SIZE)
+
+
+def stage_clip(data, work_dir):
+    text_m, vis_m = CLIPTextEncoder(tiny.TEXT), CLIPVisionEncoder(tiny.VISION)
+    bs = FLAGS.batch_size or DEFAULT_BATCH["clip"]
+    video, tokens = data["video"], data["tokens"]
+    n, t = video.shape[:2]
+    k1, k2 = jax.random.split(jax.random.PRNGKey(FLAGS.seed + 1))
+    params = {"text": jax.jit(text_m.init)(k1, jnp.asarray(tokens[:1])),
+              "vision": jax.jit(vis_m.init)(k2, jnp.zeros((1, tiny.CLIP_IMAGE_SIZE, tiny.CLIP_IMAGE_SIZE, 3))),
+              "logit_scale": jnp.asarray(LOGIT_SCALE_INIT)}
+
+    def batch_fn(rng):
+        i = rng.choice(n, size=bs, replace=False)
+        return {"image": to_signed(video[i, rng.integers(t, size=bs)]), "tokens": tokens[i]}
+
+    def loss_fn(params, frozen, batch, key):
+        txt = text_m.apply(params["text"], batch["tokens"])[2]
+        img = vis_m.apply(params["vision"], clip_image_input(batch["image"]))[1]
+        txt = txt / jnp.linalg.norm(txt, axis=-1, keepdims=True)
+        img = img / jnp.linalg.norm(img, axis=-1, keepdims=True)
+        logits = jnp.exp(jnp.minimum(params["logit_scale"], LOGIT_SCALE_MAX)) * img @ txt.T
+        labels = jnp.arange(logits.shape[0])
+        ce = lambda lg: optax.softmax_cross_entropy_with_integer_labels(lg, labels).mean()
+        acc = jnp.mean(jnp.argmax(logits, axis=1) == labels)
+        return 0.5 * (ce(logits) + ce(logits.T)), {"acc": acc}
+
+    params = train("clip", params, loss_fn, batch_fn, None, steps_for("clip"), work_dir)
+    save("text_encoder", params["text"], tiny.TEXT)
+    save("image_encoder", params["vision"], tiny.VISION)
+
+
+# ----------------------------------------------------------------------------- shared encoders
+def encode_frames(vae_params, vae_cfg, video_u8, chunk=64):
+    """Unscaled VAE posterior means of uint8 frames [..., H, W, 3] -> [..., h, w, 4]."""
+    model = AutoencoderKL(vae_cfg)
+    enc = jax.jit(lambda p, x: model.apply(p, x, method="encode")[0])
+    flat = video_u8.reshape((-1,) + video_u8.shape[-3:])
+    z = np.concatenate([np.asarray(enc(vae_params, to_signed(flat[k:k + chunk])))
+                        for k in range(0, len(flat), chunk)])
+    return z.reshape(video_u8.shape[:-3] + z.shape[1:])
+
+
+def cached_latents(work_dir, name, fn):
+    """``fn()`` computed once per VAE checkpoint and kept in work_dir (the VAE is frozen)."""
+    path = work_dir / f"latents_{name}.npy"
+    if path.exists() and path.stat().st_mtime > (out_path("vae") / "config.json").stat().st_mtime:
+        return np.load(path)
+    logging.info("encoding %s with the VAE", name)
+    z = fn()
+    np.save(path, z)
+    return z
+
+
+def encode_disparity(vae_params, vae_cfg, disp):
+    """DepthCrafter's depth latents: per-clip normalised disparity, 3 channels, VAE mean."""
+    u8 = np.round((gray3(normalise_disparity(disp)) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+    return encode_frames(vae_params, vae_cfg, u8) * vae_cfg.scaling_factor
+
+
+def null_text(text_params):
+    """Penultimate text tokens of the empty prompt (DynamiCrafter's unconditional context)."""
+    return CLIPTextEncoder(tiny.TEXT).apply(text_params, jnp.asarray(tiny.tokenizer()([""])))[1]
+
+
+def video_context(params, frozen, tokens, image, text_drop=None, image_drop=None):
+    """77 penultimate text tokens + Resampler(CLIP image tokens) (16 per frame)."""
+    text = CLIPTextEncoder(tiny.TEXT).apply(frozen["text"], tokens)[1]
+    if text_drop is not None:
+        text = jnp.where(text_drop[:, None, None], frozen["null_text"], text)
+        image = jnp.where(image_drop[:, None, None, None], 0.0, image)
+    img_tok = CLIPVisionEncoder(tiny.VISION).apply(frozen["vision"], clip_image_input(image))[0]
+    img_tok = Resampler(tiny.RESAMPLER).apply(params["resampler"], img_tok)
+    return jax.lax.stop_gradient(text), img_tok
+
+
+# ----------------------------------------------------------------------------- video
+def stage_video(data, work_dir):
+    vae_params, vae_cfg = load("vae")
+    text_params, _ = load("text_encoder")
+    vis_params, _ = load("image_encoder")
+    unet = UNet3D(tiny.VIDEO_UNET)
+    bs = FLAGS.batch_size or DEFAULT_BATCH["video"]
+    frames = FLAGS.frames
+    video, tokens = data["video"][:FLAGS.latent_clips], data["tokens"][:FLAGS.latent_clips]
+    latents = cached_latents(work_dir, f"video_{len(video)}", lambda: encode_frames(vae_params, vae_cfg, video))
+    latents = latents * vae_cfg.scaling_factor  # [N, 2T, h, w, 4]
+    n, tt = video.shape[:2]
+    ab = jnp.asarray(dynamicrafter_schedule().alphas_cumprod, jnp.float32)
+
+    def batch_fn(rng):
+        i = rng.integers(n, size=bs)
+        stride = rng.integers(1, 3, size=bs)  # fs: frame stride 1 or 2
+        start = np.array([rng.integers(tt - s * (frames - 1)) for s in stride])
+        idx = start[:, None] + stride[:, None] * np.arange(frames)
+        return {"z": latents[i[:, None], idx], "image": to_signed(video[i, start]),
+                "tokens": tokens[i], "fs": stride.astype(np.float32)}
+
+    def loss_fn(params, frozen, batch, key):
+        kt, kn, kd = jax.random.split(key, 3)
+        z0, b = batch["z"], batch["z"].shape[0]
+        r = jax.random.uniform(kd, (b,))
+        text, img = video_context(params, frozen, batch["tokens"], batch["image"],
+                                  text_drop=r < 2 * UNCOND_PROB,
+                                  image_drop=(r >= UNCOND_PROB) & (r < 3 * UNCOND_PROB))
+        t = jax.random.randint(kt, (b,), 0, ab.shape[0])
+        a = ab[t][:, None, None, None, None]
+        eps = jax.random.normal(kn, z0.shape)
+        x_t = jnp.sqrt(a) * z0 + jnp.sqrt(1 - a) * eps
+        v = jnp.sqrt(a) * eps - jnp.sqrt(1 - a) * z0
+        cond = jnp.repeat(z0[:, :1], z0.shape[1], axis=1)  # first-frame latent on every frame
+        out = unet.apply(params["unet"], jnp.concatenate([x_t, cond], -1), t,
+                         jnp.concatenate([text, img], 1), batch["fs"])
+        return jnp.mean((out - v) ** 2), {}
+
+    k1, k2 = jax.random.split(jax.random.PRNGKey(FLAGS.seed + 2))
+    b0 = batch_fn(np.random.default_rng(0))
+    params = {"resampler": jax.jit(Resampler(tiny.RESAMPLER).init)(k1, jnp.zeros((1, 65, tiny.WIDTH_EMBED)))}
+    frozen = {"text": text_params, "vision": vis_params, "null_text": null_text(text_params)}
+    text, img = jax.jit(video_context)(params, frozen, b0["tokens"][:1], b0["image"][:1])
+    params["unet"] = jax.jit(unet.init)(k2, jnp.zeros((1,) + b0["z"].shape[1:-1] + (8,)), jnp.zeros((1,)),
+                               jnp.concatenate([text, img], 1), jnp.ones((1,)))
+    params = train("video", params, loss_fn, batch_fn, frozen, steps_for("video"), work_dir)
+    save("resampler", params["resampler"], tiny.RESAMPLER)
+    save("video_unet", params["unet"], dataclasses.replace(tiny.VIDEO, scale_factor=vae_cfg.scaling_factor))
+
+
+# ----------------------------------------------------------------------------- depth
+def depth_x0(unet, params, x_noisy, sigma, video_z, context):
+    """EDM-preconditioned v-prediction (SVD / DepthCrafter): x0 from x = x0 + sigma eps."""
+    s = sigma[:, None, None, None, None]
+    c_in = 1.0 / jnp.sqrt(s ** 2 + 1)
+    out = unet.apply(params, jnp.concatenate([x_noisy * c_in, video_z], -1), 0.25 * jnp.log(sigma),
+                     context)
+    return out * (-s / jnp.sqrt(s ** 2 + 1)) + x_noisy / (s ** 2 + 1)
+
+
+def image_embeds(vis_params, video_u8):
+    """Projected tiny-CLIP image embedding of every frame: [..., D]."""
+    vis = CLIPVisionEncoder(tiny.VISION)
+    f = jax.jit(lambda p, x: vis.apply(p, clip_image_input(x))[1])
+    flat = video_u8.reshape((-1,) + video_u8.shape[-3:])
+    e = np.concatenate([np.asarray(f(vis_params, to_signed(flat[k:k + 128])))
+                        for k in range(0, len(flat), 128)])
+    return e.reshape(video_u8.shape[:-3] + e.shape[1:])
+
+
+def stage_depth(data, work_dir):
+    vae_params, vae_cfg = load("vae")
+    vis_params, _ = load("image_encoder")
+    unet = UNetSpatioTemporal(tiny.DEPTH_UNET)
+    bs, frames = FLAGS.batch_size or DEFAULT_BATCH["depth"], FLAGS.frames
+    video, disp = data["video"][:FLAGS.latent_clips], data["disparity"][:FLAGS.latent_clips]
+    n, tt = video.shape[:2]
+    windows = tt // frames  # non-overlapping windows, each normalised on its own
+    split = lambda a: a.reshape((n * windows, frames) + a.shape[2:])
+    # DepthCrafter's video latents: posterior mode, unscaled (its 0.02 frame noise is omitted).
+    video_z = split(cached_latents(work_dir, f"video_{len(video)}", lambda: encode_frames(vae_params, vae_cfg, video)))
+    depth_z = cached_latents(work_dir, f"disparity_{frames}",
+                             lambda: encode_disparity(vae_params, vae_cfg, split(disp)))
+    embeds = split(image_embeds(vis_params, video))
+
+    def batch_fn(rng):
+        i = rng.integers(n * windows, size=bs)
+        return {"depth": depth_z[i], "video": video_z[i], "embeds": embeds[i]}
+
+    def loss_fn(params, frozen, batch, key):
+        ks, ku, kn, kd = jax.random.split(key, 4)
+        x0, b = batch["depth"], batch["depth"].shape[0]
+        sigma = jnp.where(jax.random.uniform(ku, (b,)) < SIGMA_UNIFORM_SHARE,
+                          jnp.exp(jax.random.uniform(ks, (b,), minval=np.log(SVD_SIGMA_MIN),
+                                                     maxval=np.log(SVD_SIGMA_MAX))),
+                          jnp.exp(P_MEAN + P_STD * jax.random.normal(ks, (b,))))
+        x = x0 + sigma[:, None, None, None, None] * jax.random.normal(kn, x0.shape)
+        keep = (jax.random.uniform(kd, (b,)) >= DEPTH_UNCOND_PROB)[:, None, None]
+        video = batch["video"] * keep[..., None, None]  # CFG: zero latents and zero embeddings
+        pred = depth_x0(unet, params, x, sigma, video, batch["embeds"] * keep)
+        w = (sigma ** 2 + 1) / sigma ** 2  # EDM weight: plain MSE on the v target
+        return jnp.mean(w * jnp.mean((pred - x0) ** 2, axis=(1, 2, 3, 4))), {}
+
+    b0 = batch_fn(np.random.default_rng(0))
+    params = jax.jit(unet.init)(jax.random.PRNGKey(FLAGS.seed + 3), jnp.zeros((1,) + b0["depth"].shape[1:-1] + (8,)),
+                       jnp.zeros((1,)), jnp.asarray(b0["embeds"][:1]))
+    params = train("depth", params, loss_fn, batch_fn, None, steps_for("depth"), work_dir)
+    save("depth_unet", params, tiny.DEPTH_UNET)
+
+
+def steps_for(stage):
+    return FLAGS.steps if FLAGS.steps is not None else DEFAULT_STEPS[stage]
+
+
+def main(argv):
+    del argv
+    work_dir = Path(FLAGS.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    stages = STAGES if FLAGS.stage == "all" else (FLAGS.stage,)
+    data = None
+    for stage in stages:
+        t0 = time.time()
+        if stage == "eval":
+            from experiments import eval_tiny  # pylint: disable=import-outside-toplevel
+            eval_tiny.run(FLAGS.output_dir, FLAGS.num_eval, FLAGS.height, FLAGS.width,
+                          FLAGS.frames, FLAGS.docs_dir)
+        else:
+            if data is None:
+                data = clip_cache(work_dir, FLAGS.num_clips, FLAGS.height, FLAGS.width, FLAGS.frames)
+            {"vae": stage_vae, "clip": stage_clip, "video": stage_video,
+             "depth": stage_depth}[stage](data, work_dir)
+        logging.info("stage %s done in %.0f s", stage, time.time() - t0)
+
+
+if __name__ == "__main__":
+    app.run(main)

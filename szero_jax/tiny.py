@@ -1,0 +1,85 @@
+"""The tiny model family: the real architectures at toy sizes, trained on the procedural world
+by ``experiments/train_tiny.py`` and shipped in ``szero_jax/assets/tiny/<name>/``.
+
+Networks (name -> family, config):
+    vae            "vae"                AutoencoderKL, 4x downsampling (64x64 -> 16x16x4)
+    text_encoder   "clip_text"          CLIP text tower over WordTokenizer(world.VOCABULARY)
+    image_encoder  "clip_vision"        CLIP ViT, 32x32 input, patch 4
+    resampler      "resampler"          DynamiCrafter image projector, 16 tokens per frame
+    video_unet     "dynamicrafter_unet" DynamiCrafter UNet (DynamiCrafterConfig: UNet + schedule)
+    depth_unet     "depthcrafter_unet"  DepthCrafter / SVD spatio-temporal UNet
+
+The configs below are the ones training starts from; the saved ``config.json`` is the truth
+(the VAE's ``scaling_factor`` is measured on the training latents, as SD's 0.18215 was).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from szero_jax import checkpoints
+from szero_jax.models.configs import (CLIPTextConfig, CLIPVisionConfig, DynamiCrafterConfig,
+                                      DynamiCrafterUNetConfig, ResamplerConfig, UNetSTConfig,
+                                      VAEConfig)
+from szero_jax.models.tokenizer import WordTokenizer
+from szero_jax.world import VOCABULARY
+
+HEIGHT = WIDTH = 64  # training resolution of every tiny network
+FRAMES = 8  # clip length of the video and depth models (DynamiCrafter / DepthCrafter: 16 / 25)
+CLIP_IMAGE_SIZE = 32  # tiny ViT input (ViT-H/14: 224)
+WIDTH_EMBED = 64  # text/vision width = UNet context width (real: 1024)
+
+FAMILIES = {"vae": "vae", "text_encoder": "clip_text", "image_encoder": "clip_vision",
+            "resampler": "resampler", "video_unet": "dynamicrafter_unet",
+            "depth_unet": "depthcrafter_unet"}
+
+
+def tokenizer() -> WordTokenizer:
+    return WordTokenizer(VOCABULARY)
+
+
+# 4x instead of the real 8x: at 64x64 an 8x VAE leaves 8x8 latents, too coarse for the
+# latent warping of StereoCrafter-Zero to move anything by sub-latent disparities (<= 4 px).
+VAE = VAEConfig(block_out_channels=(16, 32, 64), layers_per_block=1, latent_channels=4,
+                norm_num_groups=8, scaling_factor=1.0)  # replaced by 1 / std of the training latents
+
+TEXT = CLIPTextConfig(vocab_size=len(VOCABULARY) + 4, width=WIDTH_EMBED, layers=3, heads=4,
+                      mlp_dim=4 * WIDTH_EMBED, projection_dim=WIDTH_EMBED)
+VISION = CLIPVisionConfig(image_size=CLIP_IMAGE_SIZE, patch_size=4, width=WIDTH_EMBED, layers=2,
+                          heads=4, mlp_dim=4 * WIDTH_EMBED, projection_dim=WIDTH_EMBED)
+
+RESAMPLER = ResamplerConfig(dim=WIDTH_EMBED, depth=2, dim_head=16, heads=4, num_queries=16,
+                            embedding_dim=WIDTH_EMBED, output_dim=WIDTH_EMBED, ff_mult=4,
+                            video_length=FRAMES)
+
+VIDEO_UNET = DynamiCrafterUNetConfig(
+    # Widths are multiples of 32: lvdm's GroupNorm32. Attention (spatial + temporal) only at
+    # the 8x8 level and the middle; the real model skips its coarsest level instead.
+    in_channels=8, out_channels=4, model_channels=32, attention_resolutions=(2,),
+    num_res_blocks=1, channel_mult=(1, 2), num_head_channels=16, context_dim=WIDTH_EMBED,
+    temporal_length=FRAMES, init_attn_heads=2, default_fs=1)  # fs = frame stride in the world
+
+# v-prediction, zero-terminal-SNR lvdm "linear" 0.00085-0.012: the 512 model's settings
+# (DynamiCrafterConfig defaults, inference_512_v1.0.yaml); no dynamic rescale for the tiny one.
+VIDEO = DynamiCrafterConfig(unet=VIDEO_UNET, resampler=RESAMPLER,
+                            latent_size=(HEIGHT // 4, WIDTH // 4), scale_factor=1.0,
+                            use_dynamic_rescale=False)
+
+# Widths: multiples of 32 (diffusers' GroupNorm(32)); like the real one, no attention at the
+# coarsest level except the middle block.
+DEPTH_UNET = UNetSTConfig(in_channels=8, out_channels=4, block_out_channels=(32, 64),
+                          layers_per_block=1, heads=(1, 2), cross_attention_dim=WIDTH_EMBED,
+                          cross_attn=(True, False), addition_time_embed_dim=32,
+                          num_frames=FRAMES)
+
+INITIAL_CONFIGS = {"vae": VAE, "text_encoder": TEXT, "image_encoder": VISION,
+                   "resampler": RESAMPLER, "video_unet": VIDEO, "depth_unet": DEPTH_UNET}
+
+
+def load_tiny_family(names=tuple(FAMILIES)) -> dict[str, tuple[Any, Any]]:
+    """``{name: (params, config)}`` of the shipped tiny networks (FileNotFoundError if absent)."""
+    out = {}
+    for name in names:
+        if name not in FAMILIES:
+            raise ValueError(f"names: unknown tiny network {name!r}; expected one of {sorted(FAMILIES)}")
+        out[name] = checkpoints.load_params(checkpoints.TINY_DIR / name, FAMILIES[name])
+    return out
