@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -29,8 +30,33 @@ DTYPES = ("float32", "bfloat16")
 TINY = "tiny"   # --checkpoint value meaning the shipped tiny family (szero_jax/assets/tiny)
 
 
+def _caller_module() -> str:
+    """The module calling define_* (absl names the main module by sys.argv[0])."""
+    frame = sys._getframe(1)  # pylint: disable=protected-access
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back
+    name = frame.f_globals.get("__name__", "") if frame is not None else ""
+    return sys.argv[0] if name == "__main__" else name
+
+
 def _once(name: str) -> bool:
-    return name not in FLAGS
+    """True if ``name`` is still to be defined; either way ``name`` becomes a key flag of
+    the calling launcher, so its ``--help`` lists it."""
+    module = _caller_module()
+    if name in FLAGS:
+        FLAGS.register_key_flag_for_module(module, FLAGS[name])
+        return False
+    _PENDING.append((module, name))
+    return True
+
+
+_PENDING: list = []
+
+
+def _register_pending() -> None:
+    while _PENDING:
+        module, name = _PENDING.pop()
+        FLAGS.register_key_flag_for_module(module, FLAGS[name])
 
 
 def define_checkpoint(default: str | None = TINY,
@@ -39,6 +65,7 @@ def define_checkpoint(default: str | None = TINY,
                                        f"'{TINY}' = the shipped tiny family") -> None:
     if _once("checkpoint"):
         flags.DEFINE_string("checkpoint", default, help_text)
+        _register_pending()
 
 
 def define_output_dir(default: str | None = "out",
@@ -46,11 +73,13 @@ def define_output_dir(default: str | None = "out",
                                        "files appear only when complete)") -> None:
     if _once("output_dir"):
         flags.DEFINE_string("output_dir", default, help_text)
+        _register_pending()
 
 
 def define_seed(default: int = 0) -> None:
     if _once("seed"):
         flags.DEFINE_integer("seed", default, "Random seed (same inputs + seed = same output)")
+        _register_pending()
 
 
 def define_format(default: str = "sbs") -> None:
@@ -58,19 +87,22 @@ def define_format(default: str = "sbs") -> None:
         flags.DEFINE_enum("format", default, FORMATS,
                           "Stereo layout of the combined output: side-by-side, half-width SBS, "
                           "top-bottom, red-cyan anaglyph, or all of them")
+        _register_pending()
 
 
-def define_dtype(default: str = "float32") -> None:
+def define_dtype(default: str = "float32",
+                 help_text: str = "Compute dtype of the networks (params stay float32)") -> None:
     if _once("dtype"):
-        flags.DEFINE_enum("dtype", default, DTYPES,
-                          "Compute dtype of the networks (params stay float32)")
+        flags.DEFINE_enum("dtype", default, DTYPES, help_text)
+        _register_pending()
 
 
 def define_compilation_cache_dir(default: str | None = None) -> None:
     if _once("compilation_cache_dir"):
         flags.DEFINE_string("compilation_cache_dir", default,
                             "Persistent XLA compilation cache folder (reused across runs; "
-                            "unset = no cache)")
+                            "unset (default): no cache)")
+        _register_pending()
 
 
 def define_common(*, checkpoint: bool = True, output_dir: bool = True, seed: bool = True,

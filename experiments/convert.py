@@ -28,23 +28,28 @@ from experiments import common_flags
 
 FAMILIES = ("dynamicrafter", "depthcrafter", "stable_diffusion", "openclip")
 
-flags.DEFINE_enum("family", None, FAMILIES, "Source family: which converter in convert/ runs")
+flags.DEFINE_enum("family", None, FAMILIES,
+                  "Source family: which converter in convert/ runs (required, no default)")
 common_flags.define_checkpoint(
     default=None, help_text="Source PyTorch weights: a .ckpt/.pt/.pth/.bin/.safetensors file "
-                            "(or the folder a converter documents, e.g. diffusers layouts)")
-common_flags.define_output_dir(default=None, help_text="Checkpoint directory to write")
-common_flags.define_dtype()
+                            "(or the folder a converter documents, e.g. diffusers layouts) "
+                            "(required, no default)")
+common_flags.define_output_dir(default=None,
+                               help_text="Checkpoint directory to write (required, no default)")
+common_flags.define_dtype(help_text="dtype the converted params are stored in "
+                                    "(dynamicrafter; others store float32)")
 flags.DEFINE_string("config", None,
                     "Model config: a registered name (szero_jax.models.configs, e.g. "
-                    "dynamicrafter_512) or a JSON file (a checkpoint's config.json); default: "
-                    "the converter's own default")
+                    "dynamicrafter_512) or a JSON file (a checkpoint's config.json); unset (default): "
+                    "the converter's own (dynamicrafter_512 for dynamicrafter)")
 flags.DEFINE_string("model_config", None,
-                    "openclip: open_clip model config JSON (default ViT-H-14)")
+                    "openclip: open_clip model config JSON; unset (default): ViT-H-14")
 flags.DEFINE_string("bpe_vocab", None,
-                    "openclip: bpe_simple_vocab_16e6.txt.gz (default: the installed open_clip's)")
+                    "openclip: bpe_simple_vocab_16e6.txt.gz; unset (default): the installed "
+                    "open_clip's")
 flags.DEFINE_list("parts", None,
-                  "dynamicrafter: parts to convert (default all: unet, resampler, vae, "
-                  "text_encoder, image_encoder)")
+                  "dynamicrafter: parts to convert; unset (default): all of unet, resampler, vae, "
+                  "text_encoder, image_encoder")
 flags.DEFINE_bool("overwrite", False, "Replace an existing output")
 
 FLAGS = flags.FLAGS

