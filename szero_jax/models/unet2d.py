@@ -13,7 +13,6 @@ import math
 from typing import Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from szero_jax.models.attention import Attention, FeedForward
