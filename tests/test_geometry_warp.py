@@ -65,6 +65,8 @@ def test_forward_warp_integer_shift_and_negative_disparity():
     np.testing.assert_array_equal(np.asarray(h)[0, 0], [0] * 6 + [1, 1])
     w, h = warp(x, jnp.full((1, 1, 8), -2.5))  # -2.5 -> c + 3 (floor(c + 3.0))
     np.testing.assert_array_equal(np.asarray(w)[0, 0, :, 0], [0, 0, 0, 1, 2, 3, 4, 5])
+    w_np, _ = forward_warp(np.asarray(x), np.full((1, 1, 8), -2.5))  # NumPy inputs too
+    np.testing.assert_array_equal(np.asarray(w_np), np.asarray(w))
 
 
 def test_forward_warp_vmapped_equals_per_item():

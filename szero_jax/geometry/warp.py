@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 
 
-def _check_pair(x, disparity, x_name: str) -> tuple[int, ...]:
+def _check_pair(x, disparity, x_name: str):
     """Validate x [B,T,H,W,C] / [B,H,W,C] against disparity [B,T,H,W] / [B,H,W]."""
+    x, disparity = jnp.asarray(x), jnp.asarray(disparity)
     if x.ndim not in (4, 5):
         raise ValueError(f"{x_name} must be [B, T, H, W, C] or [B, H, W, C], got shape {x.shape}")
     if disparity.shape != x.shape[:-1]:
@@ -31,7 +32,7 @@ def _check_pair(x, disparity, x_name: str) -> tuple[int, ...]:
     if not jnp.issubdtype(disparity.dtype, jnp.floating) and not jnp.issubdtype(
             disparity.dtype, jnp.integer):
         raise ValueError(f"disparity must be a real array, got dtype {disparity.dtype}")
-    return x.shape
+    return x, disparity
 
 
 def _targets(d):
@@ -69,7 +70,8 @@ def forward_warp(x, disparity):
     (bool, disparity's shape). jit-able; batch, frames and rows share one scatter-max and one
     gather (flattened: equivalent to vmapping the per-row kernel, and faster on CPU).
     """
-    shape = _check_pair(x, disparity, "x")
+    x, disparity = _check_pair(x, disparity, "x")
+    shape = x.shape
     width, channels = shape[-2], shape[-1]
     winner = _winners(disparity.reshape(-1, width))
     holes = winner < 0
@@ -83,6 +85,7 @@ def forward_warp(x, disparity):
 def occlusion_mask(disparity):
     """Source (left) pixels that are not seen in the warped view: beaten in the z-buffer by a
     nearer pixel, or shifted out of the frame. disparity [..., H, W] -> bool, same shape."""
+    disparity = jnp.asarray(disparity)
     if disparity.ndim < 2:
         raise ValueError(f"disparity must be [..., H, W], got shape {disparity.shape}")
     d = disparity.reshape(-1, disparity.shape[-1])
@@ -102,8 +105,8 @@ def backward_warp(x_right, disparity, mode: str = "linear"):
     """
     if mode not in ("linear", "nearest"):
         raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
-    shape = _check_pair(x_right, disparity, "x_right")
-    width = shape[-2]
+    x_right, disparity = _check_pair(x_right, disparity, "x_right")
+    width = x_right.shape[-2]
     pos = jnp.arange(width, dtype=jnp.float32) - disparity.astype(jnp.float32)
     if mode == "nearest":
         pos = jnp.floor(pos + 0.5)
