@@ -8,7 +8,8 @@ A *sample* is a pair of files ``<name>left.<ext>`` and ``<name>right.<ext>`` in 
 ``cat.left.mp4``), videos (.mp4 .mov .mkv .webm .gif) or images (.png .jpg .jpeg). Optional
 companions with the same ``<name>``:
     ``<name>disparity.npy``  the intended disparity of the left view, pixels, [T, H, W] or
-                             [H, W] (x_right = x_left - d), as the generate launchers write it
+                             [H, W] (x_right = x_left - d), e.g. ``np.save`` of a pipeline
+                             result's ``.disparity``
     ``<name>right_gt.<ext>`` (or ``<name>gt_right.<ext>``) a ground-truth right view
 Per sample (szero_jax.metrics): vertical disparity (rows; 0 = rectified), left-right
 consistency (with a disparity: mean abs error of the right view backward-warped onto the

@@ -180,7 +180,8 @@ def test_evaluate_detects_wrong_right_view(tmp_path):
 
 # ------------------------------------------------------------------- generate launchers
 GENERATE_SMALL = {
-    "generate": ["--steps=2", "--depth_steps=1"],
+    "generate": ["--steps=2", "--depth_steps=1", "--restart_steps=1", "--restart_rounds=1",
+                 "--refine_rounds=0"],
     "generate_image": ["--steps=2"],
 }
 
@@ -216,6 +217,11 @@ def test_generate_runs_on_tiny_default(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["steps"] == 2 and summary["settings"]["seed"] == 3
     assert np.isfinite(summary["metrics"]["left_right_consistency"])
+    # evaluate reads generate's folder as it is (left.mp4 / right.mp4)
+    from experiments import evaluate
+    res, _ = evaluate.evaluate(out, tmp_path / "metrics", use_lpips=False)
+    row = res["samples"]["gen"]
+    assert np.isfinite(row["vertical_disparity"]) and np.isfinite(row["temporal_flicker"])
 
 
 def test_generate_interrupted_while_writing_leaves_no_outputs(tmp_path, monkeypatch):
