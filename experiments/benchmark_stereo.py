@@ -98,6 +98,8 @@ flags.DEFINE_string("checkpoint", None, "Video model checkpoint (default: the sh
 flags.DEFINE_bool("random_weights_for_testing", False, "Random tiny-architecture weights "
                   "(for tests of the harness only; the numbers mean nothing)")
 flags.DEFINE_integer("seed", 0, "Sampler seed")
+flags.DEFINE_integer("compile_buckets", 3, "StereoCrafter-Zero schedules are padded into at "
+                     "most this many sizes, one compiled program each (0 = one per size)")
 flags.DEFINE_string("output_json", "out/benchmark_stereo/results.json", "Results file")
 flags.DEFINE_string("compilation_cache_dir", None, "Persistent XLA compilation cache")
 
@@ -277,11 +279,15 @@ class VideoRunner:
         from szero_jax.pipelines import depth as D
         return D.latent_disparity(disparity_px, z0.shape[2:4])
 
-    def szero(self, prep, disparity_px, config):
-        """(left [T,H,W,3], right [T,H,W,3], network evaluations) of the conversion."""
+    def szero(self, prep, disparity_px, config, pad_to=None):
+        """(left [T,H,W,3], right [T,H,W,3], network evaluations) of the conversion.
+        pad_to: (E, K) to run the schedule padded (``pad_events``), so that configs of one
+        bucket share one compiled program."""
         from szero_jax.stereo import build_events
         z0, cond, uncond, x_T = prep
         events = build_events(config, self.plan.num_steps)
+        if pad_to is not None:
+            events = pad_events(events, *pad_to)
         key = jax.random.split(jax.random.PRNGKey(self.seed))[0]  # the pipeline's k_sample
         out = self.V._stereo_sample(self.models.unet.params, cond, uncond, x_T,
                                     self.latent_disparity(disparity_px, z0), self.plan, key,
@@ -322,6 +328,74 @@ class VideoRunner:
         return np.asarray(rel[0])
 
 
+def pad_events(events, num_events: int, window: int):
+    """The same schedule as ``events`` in a program of ``num_events`` evaluations and a
+    restart window of ``window`` slots, so every config of a bucket shares one compile.
+
+    Each added evaluation is a restart event of a later round at a spare slot (>= the real
+    K) placed *before* the real events: it reads and writes only that slot's stores, never
+    advances the left view, and the first real event (round 0, slot 0, filled from the left)
+    reads none of the carry it leaves. The real events therefore compute exactly what they
+    compute unpadded; only the fixed restart noise eps' is drawn at the larger shape, and it
+    is multiplied by the DDIM sigma, 0 in conversion mode (eta 0). The padded evaluations
+    cost network time (on zeros). Tested equal to the unpadded run."""
+    e = int(events.step.shape[0])
+    k = int(events.window.shape[0])
+    extra = num_events - e
+    if extra < 0 or window < k or (extra > 0 and window < k + 1):
+        raise ValueError(f"cannot pad a schedule of {e} events / window {k} to "
+                         f"{num_events} / {window}")
+    if not (bool(events.restart[0]) and bool(events.round0[0]) and bool(events.fill_left[0])
+            and int(events.slot[0]) == 0):
+        raise ValueError("pad_events needs a schedule that starts with restart round 0 at slot "
+                         "0 filled from the left (as build_events lays it out)")
+    if extra == 0 and window == k:
+        return events
+    pad = lambda a, v: np.concatenate([np.full(extra, v, a.dtype), a])
+    return events._replace(
+        step=pad(events.step, 0), slot=pad(events.slot, window - 1),
+        restart=pad(events.restart, True), round0=pad(events.round0, False),
+        fill_left=pad(events.fill_left, False), warp=pad(events.warp, True),
+        refine=pad(events.refine, False), advance_left=pad(events.advance_left, False),
+        mode=pad(events.mode, 0), window=np.arange(window, dtype=events.window.dtype))
+
+
+def buckets(sizes, n_buckets):
+    """Split the configs' (E, K) needs (one entry per config) into <= n_buckets groups
+    minimising the padded evaluations (each config runs at its group's largest E); returns
+    {(E, K): (E_pad, K_pad)}."""
+    sizes = list(sizes)
+    items = sorted(set(sizes))
+    if not items:
+        return {}
+    es = [e for e, _ in items]
+    weight = [sizes.count(it) for it in items]       # configs per size
+    n = len(items)
+    n_buckets = max(1, min(n_buckets, n))
+    inf = float("inf")
+    # cost[j][i]: best padded total for items[:i] in j groups
+    cost = [[inf] * (n + 1) for _ in range(n_buckets + 1)]
+    cut = [[0] * (n + 1) for _ in range(n_buckets + 1)]
+    cost[0][0] = 0
+    for j in range(1, n_buckets + 1):
+        for i in range(1, n + 1):
+            for a in range(j - 1, i):
+                c = cost[j - 1][a] + es[i - 1] * sum(weight[a:i])
+                if c < cost[j][i]:
+                    cost[j][i], cut[j][i] = c, a
+    best_j = min(range(1, n_buckets + 1), key=lambda j: cost[j][n])
+    out, i, j = {}, n, best_j
+    while i > 0:
+        a = cut[j][i]
+        group = items[a:i]
+        e_pad = max(e for e, _ in group)
+        k_pad = max(k for _, k in group)
+        for e, k in group:
+            out[(e, k)] = (e_pad, k_pad + (1 if any(e2 < e_pad for e2, _ in group) else 0))
+        i, j = a, j - 1
+    return out
+
+
 @functools.partial(jax.jit, static_argnames=("unet_cfg", "dtype", "pred"))
 def _sd_sample(params, cond, uncond, x_T, disparity, plan, key, events, fs, *, unet_cfg, dtype,
                pred):
@@ -347,19 +421,33 @@ def blur(disparity, sigma):
     return np.asarray(blur_depth(jnp.asarray(disparity)[None], sigma)[0])
 
 
+def random_configs():
+    """The tiny family's architectures for --random_weights_for_testing, with the widths
+    raised to the GroupNorm(32) minimum where a tiny config is narrower."""
+    from szero_jax import tiny
+    unet = tiny.VIDEO.unet
+    if unet.model_channels % 32:
+        unet = dataclasses.replace(unet, model_channels=32, num_head_channels=32)
+    video = dataclasses.replace(tiny.VIDEO, unet=unet)
+    depth = tiny.DEPTH_UNET
+    if any(c % 32 for c in depth.block_out_channels):
+        depth = dataclasses.replace(depth, block_out_channels=tuple(
+            max(32, -(-c // 32) * 32) for c in depth.block_out_channels))
+    return video, tiny.VAE, tiny.TEXT, tiny.VISION, depth
+
+
 def load_models(checkpoint, random_weights):
     from szero_jax.pipelines import load_video_models, random_video_models
     if random_weights:
-        from szero_jax import tiny
-        return random_video_models(jax.random.PRNGKey(0), tiny.VIDEO, tiny.VAE, tiny.TEXT,
-                                   tiny.VISION, tiny.DEPTH_UNET)
+        return random_video_models(jax.random.PRNGKey(0), *random_configs())
     return load_video_models(checkpoint)
 
 
 # ------------------------------------------------------------------------------- the run
 def run_benchmark(scenes, rows, *, models=None, steps=50, seed=0, depth_sources=("gt",),
                   blur_sigma=4.0, dissolve_step=20, use_lpips=True, tiny_depth_all_rows=False,
-                  log: Callable = print, on_scene: Optional[Callable] = None) -> dict:
+                  compile_buckets=3, log: Callable = print,
+                  on_scene: Optional[Callable] = None) -> dict:
     """Score every row on every scene; returns the JSON-able results dict."""
     need_models = any(r.kind in ("vae", "sd", "szero") for r in rows) or "tiny" in depth_sources
     runner = VideoRunner(models, steps, seed) if (need_models and models is not None) else None
@@ -368,11 +456,19 @@ def run_benchmark(scenes, rows, *, models=None, steps=50, seed=0, depth_sources=
                             "plan_steps": runner.plan_steps if runner else None,
                             "stereo_configs": {}},
                "scenes": {}, "skipped": {}}
+    padding = {}
     if runner:
+        from szero_jax.stereo import build_events
+        sizes = {}
         for r in rows:
             if r.kind == "szero":
-                results["settings"]["stereo_configs"][r.name] = dataclasses.asdict(
-                    stereo_config(r, runner.plan_steps))
+                cfg = stereo_config(r, runner.plan_steps)
+                ev = build_events(cfg, runner.plan_steps)
+                sizes[r.name] = (int(ev.step.shape[0]), int(ev.window.shape[0]))
+                results["settings"]["stereo_configs"][r.name] = dict(
+                    dataclasses.asdict(cfg), evaluations=sizes[r.name][0])
+        padding = buckets(sizes.values(), compile_buckets) if compile_buckets else {}
+        results["settings"]["compile_buckets"] = sorted({str(v) for v in padding.values()})
     for scene in scenes:
         t_scene = time.perf_counter()
         per = results["scenes"].setdefault(scene.name, {"dataset": scene.dataset,
@@ -433,7 +529,8 @@ def run_benchmark(scenes, rows, *, models=None, steps=50, seed=0, depth_sources=
                     d = m["sharp"] if row.sharp else m["low"]
                     ck = (src, row.sharp, cfg)
                     if ck not in cache:
-                        cache[ck] = runner.szero(prep, d, cfg)
+                        pad = padding.get(sizes[row.name]) if padding else None
+                        cache[ck] = runner.szero(prep, d, cfg, pad)
                     left_out, right, nfe = cache[ck]
                 seconds = time.perf_counter() - t0
                 score = B.score_view(right, scene.right, scene.disoccluded, use_lpips)
@@ -556,7 +653,8 @@ def main(argv):
         part = run_benchmark([scene], rows, models=models, steps=FLAGS.steps, seed=FLAGS.seed,
                              depth_sources=FLAGS.depth_sources, blur_sigma=FLAGS.blur_sigma,
                              dissolve_step=FLAGS.dissolve_step, use_lpips=FLAGS.lpips,
-                             tiny_depth_all_rows=FLAGS.tiny_depth_all_rows, log=log)
+                             tiny_depth_all_rows=FLAGS.tiny_depth_all_rows,
+                             compile_buckets=FLAGS.compile_buckets, log=log)
         if results is None:
             results = part
         else:

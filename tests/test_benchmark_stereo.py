@@ -1,0 +1,151 @@
+"""experiments/benchmark_stereo + experiments/baselines: baselines on one world scene, the
+masked scores, the row list, and the schedule padding that lets configs share a compile."""
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from experiments import baselines as B
+from experiments import benchmark_stereo as BS
+from szero_jax.world import HELDOUT_SEED_START, make_scene
+
+
+@pytest.fixture(scope="module")
+def scene():
+    # whole-pixel disparities: the warp of the left equals the true right on seen pixels
+    return make_scene(HELDOUT_SEED_START, 48, 48, 2, integer_disparity=True)
+
+
+def test_leave_blank_is_exact_outside_disocclusions(scene):
+    right = B.leave_blank(scene.left, scene.disparity)
+    _, holes, _ = B.warp_left(scene.left, scene.disparity)
+    seen = ~scene.disoccluded
+    assert holes.any() and np.array_equal(holes, scene.disoccluded)
+    assert np.abs(right - scene.right)[seen].max() < 1e-6
+    assert np.all(right[holes] == 0.0)
+
+
+def test_stretch_takes_the_background_side():
+    # one row: background d=1 everywhere except a near object (d=3) at columns 4..6
+    w = 12
+    d = np.ones((1, 1, w), np.float32)
+    d[0, 0, 4:7] = 3.0
+    left = np.zeros((1, 1, w, 3), np.float32)
+    left[0, 0, :, 0] = np.arange(w) / w           # a ramp, so fills are identifiable
+    warped, holes, wd = B.warp_left(left, d)
+    out = B.stretch_fill(warped, holes, wd)
+    cols = np.flatnonzero(holes[0, 0])
+    assert cols.size >= 2                      # the disocclusion right of the object + edge
+    for c in cols:
+        lc = max(i for i in range(c) if not holes[0, 0, i]) if any(
+            not holes[0, 0, i] for i in range(c)) else None
+        rc = min((i for i in range(c + 1, w) if not holes[0, 0, i]), default=None)
+        cands = [i for i in (lc, rc) if i is not None]
+        want = min(cands, key=lambda i: wd[0, 0, i])   # smaller disparity = background
+        assert out[0, 0, c, 0] == pytest.approx(warped[0, 0, want, 0])
+        assert wd[0, 0, want] == pytest.approx(1.0)
+
+
+def test_baselines_rank_on_a_world_scene(scene):
+    scores = {n: B.score_view(f(scene.left, scene.disparity), scene.right, scene.disoccluded,
+                              use_lpips=False) for n, f in B.BASELINES.items()}
+    ident = B.score_view(scene.left, scene.right, scene.disoccluded, use_lpips=False)
+    # filling beats leaving black, in the holes and overall
+    for n in ("stretch", "telea"):
+        assert scores[n]["hole_psnr"] > scores["leave_blank"]["hole_psnr"] + 5.0
+        assert scores[n]["psnr"] > scores["leave_blank"]["psnr"] + 3.0
+        assert scores[n]["psnr"] > ident["psnr"] + 3.0
+    assert 0.0 < scores["stretch"]["hole_fraction"] < 0.3
+    assert scores["stretch"]["hole_ssim"] > scores["leave_blank"]["hole_ssim"]
+
+
+def test_score_view_perfect_and_masked():
+    rng = np.random.default_rng(0)
+    truth = rng.random((2, 32, 32, 3)).astype(np.float32)
+    mask = np.zeros((2, 32, 32), bool)
+    mask[:, 8:16, 8:16] = True
+    pred = truth.copy()
+    pred[mask] = 0.0
+    s = B.score_view(pred, truth, mask)
+    mse = np.mean(truth[mask] ** 2)
+    assert s["hole_psnr"] == pytest.approx(10 * np.log10(1 / mse), rel=1e-4)
+    assert s["lpips"] > 0 and s["hole_lpips"] == pytest.approx(s["lpips"], rel=1e-4)
+    same = B.score_view(truth, truth, mask)
+    assert same["ssim"] == pytest.approx(1.0) and same["hole_ssim"] == pytest.approx(1.0)
+    assert same["lpips"] < 1e-6
+
+
+def test_rows_and_scaled_configs():
+    rows = BS.all_rows()
+    names = [r.name for r in rows]
+    assert len(names) == len(set(names)) == 30
+    assert {f"K{k}_L{l}" for k in (6, 11, 21) for l in (5, 7, 9)} <= set(names)
+    assert {f"K6_L7_N{n}" for n in (0, 2, 4, 6, 8)} <= set(names)
+    assert len(BS.all_rows(quick=True)) == 22
+    sel = BS.select_rows(rows, ["baselines", "K6_L5"], [])
+    assert [r.name for r in sel] == ["identity", "leave_blank", "stretch", "telea", "K6_L5"]
+    with pytest.raises(ValueError, match="unknown row"):
+        BS.select_rows(rows, ["nope"], [])
+    k21 = next(r for r in rows if r.name == "K21_L9")
+    assert BS.stereo_config(k21, 49).restart_steps == 21
+    c = BS.stereo_config(k21, 24)      # 25-step run: K, w and the stop step scale by 24/50
+    assert (c.restart_steps, c.restart_rounds, c.warp_every, c.warp_stop_t) == (10, 9, 2, 7)
+
+
+def test_buckets_cover_and_minimise():
+    sizes = [(99, 5)] * 8 + [(69, 5), (225, 21), (105, 6)]
+    b = BS.buckets(sizes, 2)
+    assert len(set(b.values())) == 2
+    for (e, k), (ep, kp) in b.items():
+        assert ep >= e and kp >= k + (1 if ep > e else 0)
+    assert b[(225, 21)][0] == 225 and b[(99, 5)][0] == 105
+    assert len(set(BS.buckets(sizes, 1).values())) == 1
+
+
+def test_padded_schedule_equals_unpadded():
+    """A toy stereo denoiser (mixes the views when cross-view is on) through the real
+    StereoCrafter-Zero sampler: the padded schedule gives the same views at eta 0."""
+    from szero_jax.diffusion import make_ddim_plan
+    from szero_jax.diffusion.schedules import NoiseSchedule
+    from szero_jax.stereo import StereoCrafterZeroConfig, build_events, stereocrafter_zero_run
+
+    plan = make_ddim_plan(NoiseSchedule.create("lvdm_linear", 1000, 0.00085, 0.012,
+                                               zero_terminal_snr=True), 12, "uniform_trailing",
+                          0.0)
+
+    def denoise(x, t, p, mode):
+        b = x.shape[0] // 2
+        other = jnp.concatenate([x[b:], x[:b]])
+        mix = jnp.where(mode > 0, 0.1, 0.0)
+        return 0.5 * x + mix * other + 0.2 * jnp.roll(x, 1, axis=-2) + 1e-3 * t[:, None, None,
+                                                                                None, None]
+
+    x_T = jax.random.normal(jax.random.PRNGKey(1), (1, 2, 4, 8, 3))
+    disp = jnp.full((1, 2, 4, 8), 1.6).at[..., 3:5].set(2.7)
+    run = jax.jit(lambda ev: stereocrafter_zero_run(denoise, x_T, disp, plan,
+                                                    jax.random.PRNGKey(2), ev))
+    for cfg in (StereoCrafterZeroConfig(restart_steps=2, restart_rounds=3, warp_every=2,
+                                        warp_stop_t=3, refine_rounds=2),
+                StereoCrafterZeroConfig.released(max_warp_step=8, restart_steps=3)):
+        ev = build_events(cfg, plan.num_steps)
+        e, k = int(ev.step.shape[0]), int(ev.window.shape[0])
+        ref = run(ev)
+        out = run(BS.pad_events(ev, e + 7, k + 2))
+        for a, b in zip(ref[:2], out[:2]):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+        assert np.array_equal(np.asarray(ref.holes), np.asarray(out.holes))
+        assert float(jnp.abs(ref.right - ref.left).mean()) > 1e-3   # the views differ
+    with pytest.raises(ValueError, match="cannot pad"):
+        BS.pad_events(ev, e + 1, k)
+
+
+def test_middlebury_scene_is_consistent():
+    s = BS.middlebury_scene(64, 64, 2)
+    assert s.left.shape == s.right.shape == (2, 64, 64, 3) and s.disparity.shape == (2, 64, 64)
+    assert np.isfinite(s.disparity).all() and 2.0 < s.disparity.max() < 12.0
+    warped = B.stretch(s.left, s.disparity)
+    ident = B.score_view(s.left, s.right, use_lpips=False)
+    score = B.score_view(warped, s.right, s.disoccluded, use_lpips=False)
+    # the true disparity explains the true right view far better than no shift
+    assert score["psnr"] > ident["psnr"] + 4.0 and score["ssim"] > ident["ssim"] + 0.3
