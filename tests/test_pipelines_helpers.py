@@ -47,3 +47,19 @@ def sd_models(in_channels=4):
     import dataclasses
     unet = dataclasses.replace(SD_UNET, in_channels=in_channels)
     return random_sd_models(jax.random.PRNGKey(1), unet, VAE, SD_TEXT)
+
+
+def save_video_bundle(models, root):
+    """Write a bundle in the tiny-family layout (one checkpoint per network)."""
+    from szero_jax import checkpoints
+    from szero_jax.tiny import FAMILIES
+    nets = {"vae": models.vae, "text_encoder": models.text_encoder,
+            "image_encoder": models.image_encoder, "resampler": models.resampler}
+    for name, net in nets.items():
+        checkpoints.save_params(root / name, net.params, net.config, FAMILIES[name])
+    checkpoints.save_params(root / "video_unet", models.unet.params, models.config,
+                            FAMILIES["video_unet"])
+    if models.depth is not None:
+        checkpoints.save_params(root / "depth_unet", models.depth.unet.params,
+                                models.depth.unet.config, FAMILIES["depth_unet"])
+    return root

@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from szero_jax import checkpoints
 from szero_jax.models import configs as C
@@ -195,9 +196,25 @@ def load_sd_models(path, dtype="float32") -> SDModels:
 
 
 # ----------------------------------------------------------------------------- random weights
+def _random_leaf(path, shape, rng):
+    """Kernels ~ N(0, 1/fan_in), biases 0, norm scales 1, anything else ~ N(0, 0.02^2)."""
+    name = str(getattr(path[-1], "key", path[-1]))
+    if name == "bias":
+        return jnp.zeros(shape)
+    if name == "scale":
+        return jnp.ones(shape)
+    std = (1.0 / max(1, int(np.prod(shape[:-1])))) ** 0.5 if name == "kernel" else 0.02
+    return jnp.asarray(std * rng.standard_normal(shape, np.float32))
+
+
 def _init(net_config, key, *args) -> Net:
-    module = Net(net_config, None).module()
-    return Net(net_config, jax.jit(module.init)(key, *args)["params"])
+    """Random params from the module's shapes only (``eval_shape``: no init program to
+    compile or run, which takes minutes on a loaded CPU for the video UNet)."""
+    shapes = jax.eval_shape(Net(net_config, None).module().init, key, *args)["params"]
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())  # host RNG: no
+    return Net(net_config, jax.tree_util.tree_unflatten(                  # per-shape compiles
+        treedef, [_random_leaf(p, s.shape, rng) for p, s in leaves]))
 
 
 def random_video_models(key, video: C.DynamiCrafterConfig, vae: C.VAEConfig,

@@ -1,0 +1,150 @@
+"""Pipelines on tiny random bundles: shapes, invariants, input validation, loaders."""
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from szero_jax.pipelines import (VideoModels, depth_to_stereo_image, image_to_stereo_image,
+                                 image_to_stereo_video, load_sd_models, load_video_models,
+                                 text_to_stereo_image, video_to_stereo_video)
+from szero_jax.stereo import StereoCrafterZeroConfig
+from tests.test_pipelines_helpers import FRAMES, SIZE, save_video_bundle, sd_models, video_models
+
+STEPS = 4
+CFG = StereoCrafterZeroConfig(restart_steps=1, restart_rounds=2, warp_every=2, warp_stop_t=0,
+                              refine_rounds=1)
+IMAGE = np.random.RandomState(0).rand(SIZE, SIZE, 3).astype(np.float32)
+PROMPT = "a small red square"
+
+
+def _ramp_depth():
+    """[T, H, W] depth: far background, a near block (nonzero disparity, occlusion edges)."""
+    d = np.full((FRAMES, SIZE, SIZE), 4.0, np.float32)
+    d[:, 8:24, 10:22] = 1.0
+    return d
+
+
+def _run(depth, seed=0, **kw):
+    return image_to_stereo_video(video_models(), IMAGE, PROMPT, steps=STEPS, stereo=CFG,
+                                 depth=depth, blur_sigma=0.0, seed=seed, **kw)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """One compiled program set, reused: zero disparity, a depth map, the same seed again."""
+    log = []
+    zero = _run(np.ones((FRAMES, SIZE, SIZE), np.float32))
+    ramp = _run(_ramp_depth(), callback=lambda *a: log.append(a))
+    again = _run(_ramp_depth())
+    return zero, ramp, again, log
+
+
+def test_image_to_stereo_video_shapes_and_progress(runs):
+    _, ramp, _, log = runs
+    assert ramp.left.shape == ramp.right.shape == (FRAMES, SIZE, SIZE, 3)
+    assert ramp.disparity.shape == ramp.holes.shape == ramp.depth.shape == (FRAMES, SIZE, SIZE)
+    assert 0.0 <= ramp.left.min() and ramp.right.max() <= 1.0
+    # near block at 8 % of the width, far plane at zero
+    np.testing.assert_allclose(ramp.disparity.max(), 0.08 * SIZE, rtol=1e-5)
+    assert ramp.disparity.min() == pytest.approx(0.0, abs=1e-6)
+    assert 0.0 < ramp.holes.mean() < 0.2
+    assert {"conditioning", "left", "decode_left", "depth", "stereo", "decode"} <= set(ramp.timings)
+    left_ticks = [d for s, d, _ in log if s == "left"]
+    assert left_ticks == list(range(STEPS + 1))          # start + one per step
+    stereo = [(d, t) for s, d, t in log if s == "stereo"]
+    assert stereo[-1][0] == stereo[-1][1] > STEPS
+
+
+def test_zero_disparity_right_equals_left(runs):
+    zero, ramp, _, _ = runs
+    assert not zero.holes.any() and np.all(zero.disparity == 0)
+    np.testing.assert_allclose(zero.right, zero.left, atol=1e-6)
+    assert np.abs(ramp.right - ramp.left).mean() > 1e-3
+
+
+def test_left_view_independent_of_disparity_and_seed_deterministic(runs):
+    zero, ramp, again, _ = runs
+    # uni_query cross-view leaves the left rows alone: the left view is the plain sample
+    np.testing.assert_allclose(ramp.left, zero.left, atol=1e-5)
+    np.testing.assert_array_equal(ramp.right, again.right)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(prompt="  "), "prompt"),
+    (dict(image=np.zeros((SIZE, SIZE))), "image"),
+    (dict(image=IMAGE * 255), r"\[0, 1\]"),
+    (dict(image=IMAGE.astype(np.float16)[..., :2]), "image"),
+    (dict(image=np.zeros((SIZE, SIZE, 3), np.uint8)), "dtype"),
+    (dict(image=np.zeros((SIZE + 4, SIZE, 3), np.float32)), "multiples"),
+    (dict(depth=np.full((FRAMES, SIZE, SIZE), np.nan)), "NaN"),
+    (dict(depth=np.ones((FRAMES, SIZE, SIZE // 2))), "depth: expected shape"),
+    (dict(num_frames=FRAMES + 1), "num_frames"),
+    (dict(max_disparity=2.0), "max_disparity"),
+    (dict(steps=0), "steps"),
+    (dict(dissolve_step=60), "dissolve_step"),
+    (dict(depth_kind="inverse"), "depth_kind"),
+    (dict(stereo=dataclasses.replace(CFG, restart_steps=STEPS + 1)), "restart_steps"),
+    (dict(stereo="paper"), "stereo"),
+])
+def test_image_to_stereo_video_rejects_bad_input(kwargs, match):
+    args = dict(image=IMAGE, prompt=PROMPT, depth=np.ones((FRAMES, SIZE, SIZE)))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        image_to_stereo_video(video_models(), args.pop("image"), args.pop("prompt"),
+                              steps=STEPS, **{"stereo": CFG, **args})
+
+
+def test_missing_depth_model_needs_a_depth_map():
+    with pytest.raises(ValueError, match="no depth network"):
+        image_to_stereo_video(video_models(depth=False), IMAGE, PROMPT, steps=STEPS)
+    with pytest.raises(ValueError, match="models"):
+        image_to_stereo_video(object(), IMAGE, PROMPT)
+
+
+def test_video_to_stereo_video_rejects_bad_input():
+    vid = np.zeros((FRAMES + 1, SIZE, SIZE, 3), np.float32)
+    with pytest.raises(ValueError, match="frames"):
+        video_to_stereo_video(video_models(), vid, PROMPT, depth=np.ones((FRAMES + 1, SIZE, SIZE)))
+    with pytest.raises(ValueError, match="start_step"):
+        video_to_stereo_video(video_models(), vid[:FRAMES], PROMPT, steps=3, start_step=2)
+
+
+def test_sd_pipelines_reject_bad_input():
+    m4, d = sd_models(), np.ones((SIZE, SIZE), np.float32)
+    with pytest.raises(ValueError, match="depth_fn"):
+        text_to_stereo_image(m4, PROMPT, height=SIZE, width=SIZE)
+    with pytest.raises(ValueError, match="prompt"):
+        text_to_stereo_image(m4, "", height=SIZE, width=SIZE, depth=d)
+    with pytest.raises(ValueError, match="multiples"):
+        text_to_stereo_image(m4, PROMPT, height=SIZE + 2, width=SIZE, depth=d)
+    with pytest.raises(ValueError, match="5 input channels"):
+        depth_to_stereo_image(m4, d, PROMPT)
+    with pytest.raises(ValueError, match="NaN"):
+        image_to_stereo_image(m4, IMAGE, np.full((SIZE, SIZE), np.inf))
+    with pytest.raises(ValueError, match="depth: expected shape"):
+        image_to_stereo_image(m4, IMAGE, np.ones((SIZE, SIZE + 8)))
+    with pytest.raises(ValueError, match="models"):
+        text_to_stereo_image(video_models(), PROMPT, depth=d)
+
+
+def test_load_video_models_round_trip(tmp_path):
+    m = video_models()
+    load = load_video_models(save_video_bundle(m, tmp_path / "ck"))
+    assert isinstance(load, VideoModels) and load.config == m.config
+    assert load.depth is not None and load.depth.unet.config == m.depth.unet.config
+    for a, b in zip(jax.tree.leaves(m.unet.params), jax.tree.leaves(load.unet.params)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(load.tokenizer([PROMPT]), m.tokenizer([PROMPT]))
+
+
+def test_loaders_report_missing_checkpoints(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no directory"):
+        load_video_models(tmp_path / "nothing")
+    (tmp_path / "vae").mkdir()
+    with pytest.raises(FileNotFoundError, match="lacks"):
+        load_video_models(tmp_path)
+    with pytest.raises(FileNotFoundError, match="ships no tiny SD"):
+        load_sd_models(None)
+    with pytest.raises(FileNotFoundError, match="lacks"):
+        load_sd_models(tmp_path)
