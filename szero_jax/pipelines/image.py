@@ -105,9 +105,12 @@ def _encode(params, image, *, vae_cfg, dtype):
     return encode_latents(vae_cfg, dtype, params, image[:, None], vae_cfg.scaling_factor)[:, 0]
 
 
-def _check(models, steps, guidance, max_disparity, stereo, depth_kind, h, w):
+def _check_models(models):
     if not isinstance(models, SDModels):
         raise ValueError(f"models: expected an SDModels bundle, got {type(models).__name__}")
+
+
+def _check(models, steps, guidance, max_disparity, stereo, depth_kind, h, w):
     check_positive_int(steps, "steps")
     check_range(guidance, "guidance", 0.0, 100.0)
     check_range(max_disparity, "max_disparity", 1e-6, 1.0)
@@ -153,6 +156,7 @@ def text_to_stereo_image(models: SDModels, prompt: str, *, height: int = 512, wi
     """Prompt -> stereo pair [H, W, 3]. The depth of the left image comes from ``depth``
     ([H, W], known in advance) or ``depth_fn(left [H, W, 3] in [0, 1]) -> [H, W]``; its kind
     is ``depth_kind`` ("disparity": larger is nearer, as DPT/MiDaS return; "depth")."""
+    _check_models(models)
     check_prompt(prompt)
     check_prompt(negative_prompt, "negative_prompt", allow_empty=True)
     height = check_positive_int(height, "height")
@@ -195,6 +199,7 @@ def image_to_stereo_image(models: SDModels, image, depth, *, prompt: str = "",
                           callback: Callback = None) -> StereoImage:
     """Photo [H, W, 3] in [0, 1] + its depth [H, W] -> stereo pair, by null-text inversion
     (released: empty prompt, 50 steps, guidance 7.5) and the StereoDiffusion sampler."""
+    _check_models(models)
     check_prompt(prompt, allow_empty=True)
     img = check_frames(image, "image", 3)
     h, w = img.shape[:2]
@@ -228,6 +233,7 @@ def depth_to_stereo_image(models: SDModels, depth, prompt: str, *, depth_kind: s
                           callback: Callback = None) -> StereoImage:
     """Depth [H, W] + prompt -> stereo pair with SD 2 depth (5-channel UNet). guidance 7.5:
     the depth2img pipeline's default."""
+    _check_models(models)
     check_prompt(prompt)
     check_prompt(negative_prompt, "negative_prompt", allow_empty=True)
     d = np.asarray(depth)

@@ -113,10 +113,13 @@ def _video_conditioning(params, tokens, first_frame, z0, *, config, text_cfg, vi
     return cond, uncond
 
 
-def _check_common(models, steps, eta, guidance, fs, max_disparity, convergence, dissolve_step,
-                  stereo, plan_steps):
+def _check_models(models):
     if not isinstance(models, VideoModels):
         raise ValueError(f"models: expected a VideoModels bundle, got {type(models).__name__}")
+
+
+def _check_common(models, steps, eta, guidance, fs, max_disparity, convergence, dissolve_step,
+                  stereo, plan_steps):
     check_positive_int(steps, "steps")
     check_range(eta, "eta", 0.0, 10.0)
     check_range(guidance, "guidance", 0.0, 100.0)
@@ -193,6 +196,7 @@ def image_to_stereo_video(models: VideoModels, image, prompt: str, *,
     ``dissolve_step``, 0 = off). max_disparity: near-to-far span as a fraction of the width;
     convergence: None = far plane at zero disparity. callback(stage, done, total): progress.
     """
+    _check_models(models)
     check_prompt(prompt)
     img = check_frames(image, "image", 3)
     h, w = img.shape[:2]
@@ -202,9 +206,9 @@ def image_to_stereo_video(models: VideoModels, image, prompt: str, *,
         raise ValueError(f"num_frames: the model generates {models.num_frames} frames (its "
                          f"Resampler's video_length), got {t}")
     fs = models.unet.config.default_fs if fs is None else fs
+    _check_depth_source(models, depth, depth_kind)
     events = _check_common(models, steps, eta, guidance, fs, max_disparity, convergence,
                            dissolve_step, stereo, steps)
-    _check_depth_source(models, depth, depth_kind)
     if depth is not None:
         depth = check_depth(depth, (t, h, w))
 
@@ -259,6 +263,7 @@ def video_to_stereo_video(models: VideoModels, video, prompt: str, *, steps: int
     -SNR schedule leaves no signal to invert); the stereo config's steps count from there.
     Dynamic rescale is off (it is not invertible). Other arguments as image_to_stereo_video.
     """
+    _check_models(models)
     check_prompt(prompt)
     vid = check_frames(video, "video", 4)
     t, h, w = vid.shape[:3]
@@ -270,9 +275,9 @@ def video_to_stereo_video(models: VideoModels, video, prompt: str, *, steps: int
     if not isinstance(start_step, (int, np.integer)) or not 0 <= start_step < steps - 1:
         raise ValueError(f"start_step: expected an int in [0, {steps - 1}), got {start_step!r}")
     fs = models.unet.config.default_fs if fs is None else fs
+    _check_depth_source(models, depth, depth_kind)
     events = _check_common(models, steps, 0.0, guidance, fs, max_disparity, convergence,
                            dissolve_step, stereo, steps - start_step)
-    _check_depth_source(models, depth, depth_kind)
     if depth is not None:
         depth = check_depth(depth, (t, h, w))
 
