@@ -32,7 +32,7 @@ def test_help_lists_flags_with_defaults(module, expected):
     out = _run(module, "--help")      # absl exits with status 1 after printing the help
     text = out.stdout + out.stderr
     for flag, default in expected.items():
-        i = text.index(f"  {flag}:")
+        i = max(text.find(f"  {flag}:"), text.find(f"  --[no]{flag[2:]}:"))
         assert f"(default: {default})" in text[i:i + 600], flag
     assert "--compilation_cache_dir" in text
 
