@@ -17,12 +17,7 @@ import jax.numpy as jnp
 
 from szero_jax.models.attention import Attention, FeedForward
 from szero_jax.models.configs import UNet2DConfig
-
-
-def group_norm(eps: float, name: str, dtype=jnp.float32, groups: int = 32):
-    """torch ``GroupNorm`` (two-pass variance, reduction over all non-batch axes)."""
-    return nn.GroupNorm(num_groups=groups, epsilon=eps, use_fast_variance=False, dtype=dtype,
-                        name=name)
+from szero_jax.models.layers import GroupNorm
 
 
 def layer_norm(name: str, dtype=jnp.float32):
@@ -69,11 +64,11 @@ class ResnetBlock2D(nn.Module):
     @nn.compact
     def __call__(self, x, temb):
         h = conv3x3(self.out_channels, "conv1", self.dtype)(
-            nn.silu(group_norm(self.eps, "norm1", self.dtype)(x)))
+            GroupNorm(epsilon=self.eps, silu=True, dtype=self.dtype, name="norm1")(x))
         h = h + nn.Dense(self.out_channels, dtype=self.dtype, name="time_emb_proj")(
             nn.silu(temb))[:, None, None, :]
         h = conv3x3(self.out_channels, "conv2", self.dtype)(
-            nn.silu(group_norm(self.eps, "norm2", self.dtype)(h)))
+            GroupNorm(epsilon=self.eps, silu=True, dtype=self.dtype, name="norm2")(h))
         if x.shape[-1] != self.out_channels:
             x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name="conv_shortcut")(x)
         return x + h
@@ -145,7 +140,7 @@ class Transformer2D(nn.Module):
     def __call__(self, x, context, cross_view=None):
         n, hgt, wid, c = x.shape
         inner = self.heads * self.dim_head
-        h = group_norm(1e-6, "norm", self.dtype)(x).reshape(n, hgt * wid, c)
+        h = GroupNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x).reshape(n, hgt * wid, c)
         h = nn.Dense(inner, dtype=self.dtype, name="proj_in")(h)
         for i in range(self.depth):
             h = BasicTransformerBlock(inner, self.heads, self.dim_head, self.context_dim,
@@ -210,5 +205,5 @@ class UNet2DCondition(nn.Module):
             if i > 0:
                 h = Upsample2D(ch[i], self.dtype, name=f"up_blocks_{u}_upsamplers_0")(h, skips[-1].shape[1:3])
 
-        h = nn.silu(group_norm(cfg.norm_eps, "conv_norm_out", self.dtype)(h))
+        h = GroupNorm(epsilon=cfg.norm_eps, silu=True, dtype=self.dtype, name="conv_norm_out")(h)
         return conv3x3(cfg.out_channels, "conv_out", self.dtype)(h)

@@ -257,5 +257,5 @@ class UNet3D(nn.Module):
         for i, layers in enumerate(outputs):
             h = jnp.concatenate([h, hs.pop()], axis=-1)
             h = self._run(layers, f"output_blocks_{i}", h, emb, context, cross_view)
-        h = nn.silu(GroupNorm(batch_dims=2, dtype=self.dtype, name="out_0")(h))
+        h = GroupNorm(batch_dims=2, silu=True, dtype=self.dtype, name="out_0")(h)
         return conv(cfg.out_channels, (3, 3), "out_2", dtype=self.dtype)(h).astype(x.dtype)

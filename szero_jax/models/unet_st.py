@@ -16,8 +16,9 @@ import jax.numpy as jnp
 
 from szero_jax.models.attention import Attention, FeedForward
 from szero_jax.models.configs import UNetSTConfig
+from szero_jax.models.layers import GroupNorm
 from szero_jax.models.unet2d import (BasicTransformerBlock, Downsample2D, ResnetBlock2D,
-                                     TimestepEmbedding, Upsample2D, conv3x3, group_norm,
+                                     TimestepEmbedding, Upsample2D, conv3x3,
                                      layer_norm, timestep_embedding)
 
 
@@ -43,9 +44,9 @@ class TemporalResnetBlock(nn.Module):
         c = x.shape[-1]
         conv = lambda name: nn.Conv(c, (3, 1, 1), padding=((1, 1), (0, 0), (0, 0)),
                                     dtype=self.dtype, name=name)
-        h = conv("conv1")(nn.silu(group_norm(self.eps, "norm1", self.dtype)(x)))
+        h = conv("conv1")(GroupNorm(epsilon=self.eps, silu=True, dtype=self.dtype, name="norm1")(x))
         h = h + nn.Dense(c, dtype=self.dtype, name="time_emb_proj")(nn.silu(temb))[:, :, None, None]
-        h = conv("conv2")(nn.silu(group_norm(self.eps, "norm2", self.dtype)(h)))
+        h = conv("conv2")(GroupNorm(epsilon=self.eps, silu=True, dtype=self.dtype, name="norm2")(h))
         return x + h
 
 
@@ -114,7 +115,7 @@ class TransformerSpatioTemporal(nn.Module):
         frame_emb = TimestepEmbedding(4 * c, c, dtype=self.dtype, name="time_pos_embed")(
             timestep_embedding(frame_ids, c).astype(self.dtype))[:, None]
 
-        h = group_norm(1e-6, "norm", self.dtype)(x).reshape(bt, hgt * wid, c)
+        h = GroupNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x).reshape(bt, hgt * wid, c)
         h = nn.Dense(c, dtype=self.dtype, name="proj_in")(h)
         mixer = AlphaBlender(name="time_mixer")
         for i in range(self.depth):
@@ -203,6 +204,6 @@ class UNetSpatioTemporal(nn.Module):
             if i > 0:
                 h = Upsample2D(ch[i], self.dtype, name=f"up_blocks_{u}_upsamplers_0")(h, skips[-1].shape[1:3])
 
-        h = nn.silu(group_norm(1e-5, "conv_norm_out", self.dtype)(h))
+        h = GroupNorm(epsilon=1e-5, silu=True, dtype=self.dtype, name="conv_norm_out")(h)
         h = conv3x3(cfg.out_channels, "conv_out", self.dtype)(h)
         return h.reshape(b, t, hgt, wid, -1)

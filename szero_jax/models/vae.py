@@ -24,14 +24,11 @@ import jax.numpy as jnp
 
 from szero_jax.models.attention import multihead_attention
 from szero_jax.models.configs import TemporalVAEConfig, VAEConfig
+from szero_jax.models.layers import GroupNorm
 
 LOGVAR_RANGE = (-30.0, 20.0)  # lvdm / diffusers DiagonalGaussianDistribution clamp
 NORM_EPS = 1e-6  # lvdm ae_modules.Normalize; diffusers Encoder/Decoder resnet eps
 TEMPORAL_NORM_EPS = 1e-5  # diffusers MidBlock/UpBlockTemporalDecoder temporal_eps
-
-
-def _norm(groups: int, eps: float = NORM_EPS, name: str | None = None) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=groups, epsilon=eps, use_fast_variance=False, name=name)
 
 
 def _conv(features: int, kernel: int = 3, stride: int = 1, padding: Any = 1, dtype=jnp.float32,
@@ -50,9 +47,9 @@ class ResnetBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         h = _conv(self.out_channels, dtype=self.dtype, name="conv1")(
-            nn.silu(_norm(self.groups, name="norm1")(x)))
+            GroupNorm(self.groups, NORM_EPS, silu=True, name="norm1")(x))
         h = _conv(self.out_channels, dtype=self.dtype, name="conv2")(
-            nn.silu(_norm(self.groups, name="norm2")(h)))
+            GroupNorm(self.groups, NORM_EPS, silu=True, name="norm2")(h))
         if x.shape[-1] != self.out_channels:
             x = _conv(self.out_channels, 1, padding=0, dtype=self.dtype, name="shortcut")(x)
         return x + h
@@ -67,7 +64,7 @@ class AttnBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         b, hh, ww, c = x.shape
-        h = _norm(self.groups, name="norm")(x).reshape(b, hh * ww, c)
+        h = GroupNorm(self.groups, NORM_EPS, name="norm")(x).reshape(b, hh * ww, c)
         q, k, v = (nn.Dense(c, dtype=self.dtype, name=n)(h) for n in ("q", "k", "v"))
         h = multihead_attention(q, k, v, heads=1)
         return x + nn.Dense(c, dtype=self.dtype, name="proj_out")(h).reshape(x.shape)
@@ -119,7 +116,7 @@ class Encoder(nn.Module):
         if self.mid_attention:
             h = AttnBlock(g, dt, name="mid_attn_1")(h)
         h = ResnetBlock(h.shape[-1], g, dt, name="mid_block_2")(h)
-        h = nn.silu(_norm(g, name="norm_out")(h))
+        h = GroupNorm(g, NORM_EPS, silu=True, name="norm_out")(h)
         return _conv(2 * self.latent_channels, dtype=dt, name="conv_out")(h)
 
 
@@ -147,7 +144,7 @@ class Decoder(nn.Module):
                                 name=f"up_{level}_block_{i}")(h)
             if level != 0:
                 h = Upsample(dt, name=f"up_{level}_upsample")(h)
-        h = nn.silu(_norm(g, name="norm_out")(h))
+        h = GroupNorm(g, NORM_EPS, silu=True, name="norm_out")(h)
         return _conv(self.out_channels, dtype=dt, name="conv_out")(h)
 
 
@@ -202,8 +199,8 @@ class TemporalResBlock(nn.Module):
         def conv(name):
             return nn.Conv(c, (3, 1, 1), padding=((1, 1), (0, 0), (0, 0)), dtype=self.dtype,
                            name=name)
-        h = conv("conv1")(nn.silu(_norm(self.groups, TEMPORAL_NORM_EPS, name="norm1")(x)))
-        h = conv("conv2")(nn.silu(_norm(self.groups, TEMPORAL_NORM_EPS, name="norm2")(h)))
+        h = conv("conv1")(GroupNorm(self.groups, TEMPORAL_NORM_EPS, silu=True, name="norm1")(x))
+        h = conv("conv2")(GroupNorm(self.groups, TEMPORAL_NORM_EPS, silu=True, name="norm2")(h))
         return x + h
 
 
@@ -248,7 +245,7 @@ class TemporalDecoder(nn.Module):
                                            name=f"up_{level}_block_{i}")(h, num_frames)
             if level != 0:
                 h = Upsample(dt, name=f"up_{level}_upsample")(h)
-        h = nn.silu(_norm(g, name="norm_out")(h))
+        h = GroupNorm(g, NORM_EPS, silu=True, name="norm_out")(h)
         h = _conv(self.out_channels, dtype=dt, name="conv_out")(h)
         video = h.reshape((-1, num_frames) + h.shape[1:])
         video = nn.Conv(self.out_channels, (3, 1, 1), padding=((1, 1), (0, 0), (0, 0)),
