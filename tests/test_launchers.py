@@ -285,3 +285,23 @@ def test_generate_sigint_leaves_no_outputs(tmp_path):
     proc.wait(timeout=600)
     assert proc.returncode != 0, "".join(seen)
     assert not out.exists() or os.listdir(out) == []
+
+
+def test_generate_image_runs_text_mode(tmp_path):
+    """python -m experiments.generate_image, text mode, on random tiny SD weights (no tiny SD
+    is shipped), 2 steps, a 64x64 depth ramp."""
+    _have_launcher("generate_image")
+    depth = np.linspace(1.0, 0.0, 64, dtype=np.float32)[:, None].repeat(64, 1)
+    np.save(tmp_path / "depth.npy", depth)
+    out = tmp_path / "img"
+    proc = launch("generate_image", "--random_weights_for_testing", "--mode=text",
+                  "--prompt=a red disc in front of a blue background",
+                  f"--depth={tmp_path / 'depth.npy'}", f"--output_dir={out}", "--format=tb",
+                  *GENERATE_SMALL["generate_image"], timeout=1500)
+    for name in ("left.png", "right.png", "sbs.png", "anaglyph.png", "tb.png", "summary.json"):
+        assert f"wrote {out / name}" in proc.stdout and (out / name).is_file()
+    from szero_jax import io
+    left, tb = io.read_image(out / "left.png"), io.read_image(out / "tb.png")
+    assert left.shape == (64, 64, 3) and tb.shape == (128, 64, 3)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["steps"] == 2 and 0.0 <= summary["metrics"]["hole_fraction"] < 1.0
