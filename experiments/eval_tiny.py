@@ -56,7 +56,7 @@ def aligned_errors(pred, gt):
 
 
 def run(tiny_dir, num_eval, height, width, frames, docs_dir):
-    fam = tiny.load_tiny_family()
+    fam = tiny.load_tiny_family(root=tiny_dir)
     p = {k: v[0] for k, v in fam.items()}
     vae_cfg, video_cfg = fam["vae"][1], fam["video_unet"][1]
     vae, text_m = AutoencoderKL(vae_cfg), CLIPTextEncoder(fam["text_encoder"][1])
@@ -86,8 +86,8 @@ def run(tiny_dir, num_eval, height, width, frames, docs_dir):
     tokens = jnp.asarray(tok(list(data.caption)))
     txt = np.asarray(text_m.apply(p["text_encoder"], tokens)[2])
     img = np.asarray(vis_m.apply(p["image_encoder"], preprocess_image(video[:, 0], vis_m.config.image_size))[1])
-    txt /= np.linalg.norm(txt, axis=-1, keepdims=True)
-    img /= np.linalg.norm(img, axis=-1, keepdims=True)
+    txt = txt / np.linalg.norm(txt, axis=-1, keepdims=True)
+    img = img / np.linalg.norm(img, axis=-1, keepdims=True)
     sim = img @ txt.T
     m["clip_top1_image_to_text"] = float(np.mean(np.argmax(sim, 1) == np.arange(num_eval)))
     m["clip_top1_chance"] = 1.0 / num_eval

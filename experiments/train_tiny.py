@@ -52,7 +52,7 @@ flags.DEFINE_integer("seed", 0, "Seed of initialisation, batches and noise.")
 
 DEFAULT_STEPS = {"vae": 1200, "clip": 600, "video": 1500, "depth": 1000}
 DEFAULT_BATCH = {"vae": 16, "clip": 64, "video": 4, "depth": 4}
-LR = {"vae": 1e-3, "clip": 1e-3, "video": 5e-4, "depth": 5e-4}
+LR = {"vae": 1e-3, "clip": 1e-3, "video": 1e-3, "depth": 1e-3}
 VAE_CROP = 32  # the VAE is convolutional: train on crops, evaluate on whole frames
 KL_WEIGHT = 1e-6  # ldm models/first_stage_models/kl-f*/config.yaml kl_weight
 DEPTH_FRACTION = 0.25  # share of VAE batches that are disparity maps (the depth model's input)

@@ -14,6 +14,7 @@ The configs below are the ones training starts from; the saved ``config.json`` i
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from szero_jax import checkpoints
@@ -75,11 +76,13 @@ INITIAL_CONFIGS = {"vae": VAE, "text_encoder": TEXT, "image_encoder": VISION,
                    "resampler": RESAMPLER, "video_unet": VIDEO, "depth_unet": DEPTH_UNET}
 
 
-def load_tiny_family(names=tuple(FAMILIES)) -> dict[str, tuple[Any, Any]]:
-    """``{name: (params, config)}`` of the shipped tiny networks (FileNotFoundError if absent)."""
+def load_tiny_family(names=tuple(FAMILIES), root=None) -> dict[str, tuple[Any, Any]]:
+    """``{name: (params, config)}`` of the shipped tiny networks (FileNotFoundError if absent);
+    ``root`` defaults to ``checkpoints.TINY_DIR``."""
+    root = checkpoints.TINY_DIR if root is None else Path(root)
     out = {}
     for name in names:
         if name not in FAMILIES:
             raise ValueError(f"names: unknown tiny network {name!r}; expected one of {sorted(FAMILIES)}")
-        out[name] = checkpoints.load_params(checkpoints.TINY_DIR / name, FAMILIES[name])
+        out[name] = checkpoints.load_params(root / name, FAMILIES[name])
     return out

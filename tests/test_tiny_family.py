@@ -77,7 +77,7 @@ def test_text_encoder_distinguishes_captions(family):
             "a small green star spinning in front of a gray grass background"]
     _, _, pooled = CLIPTextEncoder(cfg).apply(params, jnp.asarray(tok(caps)))
     pooled = np.asarray(pooled)
-    pooled /= np.linalg.norm(pooled, axis=-1, keepdims=True)
+    pooled = pooled / np.linalg.norm(pooled, axis=-1, keepdims=True)
     assert pooled[0] @ pooled[1] == pytest.approx(1.0, abs=1e-5)
     assert pooled[0] @ pooled[2] < 0.9
 
