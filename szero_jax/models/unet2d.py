@@ -4,12 +4,11 @@ Covers SD 1.5, SD 2.1 (base and 768-v) and SD 2 depth. Submodule names follow th
 state-dict with ``name.i`` written ``name_i`` (see ``unet2d_keymap``), so conversion is a key
 rename plus a transpose. ``cross_view`` reaches every self-attention (``attn1``) only.
 
-The blocks here (ResNet, resampling, timestep embedding, transformer) are shared with the
-SVD spatio-temporal UNet in ``unet_st``.
+The blocks here (ResNet, resampling, transformer) are shared with the SVD spatio-temporal
+UNet in ``unet_st``; norms, convolutions and the timestep embedding come from ``layers``.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import flax.linen as nn
@@ -17,28 +16,7 @@ import jax.numpy as jnp
 
 from szero_jax.models.attention import Attention, FeedForward
 from szero_jax.models.configs import UNet2DConfig
-from szero_jax.models.layers import GroupNorm
-
-
-def layer_norm(name: str, dtype=jnp.float32):
-    """torch ``LayerNorm`` with its default eps 1e-5 (Flax defaults to 1e-6)."""
-    return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=dtype, name=name)
-
-
-def conv3x3(features: int, name: str, dtype=jnp.float32, stride: int = 1):
-    return nn.Conv(features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
-                   dtype=dtype, name=name)
-
-
-def timestep_embedding(t, dim: int, flip_sin_to_cos: bool = True, freq_shift: float = 0.0,
-                       max_period: float = 10000.0):
-    """diffusers ``get_timestep_embedding``: sinusoids of ``t [N]`` -> ``[N, dim]`` (float32)."""
-    half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift))
-    args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
-    emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)] if flip_sin_to_cos
-                          else [jnp.sin(args), jnp.cos(args)], axis=-1)
-    return jnp.pad(emb, ((0, 0), (0, dim % 2)))
+from szero_jax.models.layers import GroupNorm, conv, layer_norm, timestep_embedding
 
 
 class TimestepEmbedding(nn.Module):
@@ -63,14 +41,14 @@ class ResnetBlock2D(nn.Module):
 
     @nn.compact
     def __call__(self, x, temb):
-        h = conv3x3(self.out_channels, "conv1", self.dtype)(
+        h = conv(self.out_channels, (3, 3), "conv1", dtype=self.dtype)(
             GroupNorm(epsilon=self.eps, silu=True, dtype=self.dtype, name="norm1")(x))
         h = h + nn.Dense(self.out_channels, dtype=self.dtype, name="time_emb_proj")(
             nn.silu(temb))[:, None, None, :]
-        h = conv3x3(self.out_channels, "conv2", self.dtype)(
+        h = conv(self.out_channels, (3, 3), "conv2", dtype=self.dtype)(
             GroupNorm(epsilon=self.eps, silu=True, dtype=self.dtype, name="norm2")(h))
         if x.shape[-1] != self.out_channels:
-            x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name="conv_shortcut")(x)
+            x = conv(self.out_channels, (1, 1), "conv_shortcut", dtype=self.dtype)(x)
         return x + h
 
 
@@ -82,7 +60,7 @@ class Downsample2D(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return conv3x3(self.channels, "conv", self.dtype, stride=2)(x)
+        return conv(self.channels, (3, 3), "conv", stride=2, dtype=self.dtype)(x)
 
 
 def resize_nearest(x, size):
@@ -102,7 +80,7 @@ class Upsample2D(nn.Module):
     @nn.compact
     def __call__(self, x, size=None):
         size = size or (2 * x.shape[1], 2 * x.shape[2])
-        return conv3x3(self.channels, "conv", self.dtype)(resize_nearest(x, size))
+        return conv(self.channels, (3, 3), "conv", dtype=self.dtype)(resize_nearest(x, size))
 
 
 class BasicTransformerBlock(nn.Module):
@@ -116,11 +94,21 @@ class BasicTransformerBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, context, cross_view=None):
-        attn = lambda name, ctx_dim=None: Attention(self.dim, self.heads, self.dim_head, ctx_dim,
-                                                    dtype=self.dtype, name=name)
-        x = x + attn("attn1")(layer_norm("norm1", self.dtype)(x), cross_view=cross_view)
-        x = x + attn("attn2", self.context_dim)(layer_norm("norm2", self.dtype)(x), context)
-        return x + FeedForward(self.dim, dtype=self.dtype, name="ff")(layer_norm("norm3", self.dtype)(x))
+        return attention_layers(self, x, context, cross_view)
+
+
+def attention_layers(block, x, context, cross_view):
+    """The layers of a diffusers transformer block, as submodules of ``block`` (which has
+    ``dim``, ``heads``, ``dim_head``, ``context_dim``, ``dtype``): ``norm1``/``attn1``
+    self-attention, ``norm2``/``attn2`` cross-attention to ``context``, ``norm3``/``ff``.
+    Called from the ``nn.compact`` ``__call__`` of ``BasicTransformerBlock`` and of unet_st's
+    ``TemporalBasicTransformerBlock``."""
+    attn = lambda name, ctx_dim=None: Attention(block.dim, block.heads, block.dim_head, ctx_dim,
+                                                dtype=block.dtype, name=name)
+    norm = lambda name: layer_norm(name, dtype=block.dtype)
+    x = x + attn("attn1")(norm("norm1")(x), cross_view=cross_view)
+    x = x + attn("attn2", block.context_dim)(norm("norm2")(x), context)
+    return x + FeedForward(block.dim, dtype=block.dtype, name="ff")(norm("norm3")(x))
 
 
 class Transformer2D(nn.Module):
@@ -171,7 +159,8 @@ class UNet2DCondition(nn.Module):
         ch = cfg.block_out_channels
         levels = len(ch)
         temb = TimestepEmbedding(4 * ch[0], dtype=self.dtype, name="time_embedding")(
-            timestep_embedding(t, ch[0], cfg.flip_sin_to_cos, cfg.freq_shift).astype(self.dtype))
+            timestep_embedding(t, ch[0], flip_sin_to_cos=cfg.flip_sin_to_cos,
+                               downscale_freq_shift=cfg.freq_shift).astype(self.dtype))
         context = context.astype(self.dtype)
 
         def transformer(i, name):
@@ -179,7 +168,7 @@ class UNet2DCondition(nn.Module):
             return Transformer2D(heads, ch[i] // heads, cfg.cross_attention_dim,
                                  cfg.transformer_layers_per_block, dtype=self.dtype, name=name)
 
-        h = conv3x3(ch[0], "conv_in", self.dtype)(x.astype(self.dtype))
+        h = conv(ch[0], (3, 3), "conv_in", dtype=self.dtype)(x.astype(self.dtype))
         skips = [h]
         for i in range(levels):
             for j in range(cfg.layers_per_block):
@@ -206,4 +195,4 @@ class UNet2DCondition(nn.Module):
                 h = Upsample2D(ch[i], self.dtype, name=f"up_blocks_{u}_upsamplers_0")(h, skips[-1].shape[1:3])
 
         h = GroupNorm(epsilon=cfg.norm_eps, silu=True, dtype=self.dtype, name="conv_norm_out")(h)
-        return conv3x3(cfg.out_channels, "conv_out", self.dtype)(h)
+        return conv(cfg.out_channels, (3, 3), "conv_out", dtype=self.dtype)(h)

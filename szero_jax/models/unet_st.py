@@ -14,12 +14,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from szero_jax.models.attention import Attention, FeedForward
+from szero_jax.models.attention import FeedForward
 from szero_jax.models.configs import UNetSTConfig
-from szero_jax.models.layers import GroupNorm
+from szero_jax.models.layers import GroupNorm, conv, layer_norm, timestep_embedding
 from szero_jax.models.unet2d import (BasicTransformerBlock, Downsample2D, ResnetBlock2D,
-                                     TimestepEmbedding, Upsample2D, conv3x3,
-                                     layer_norm, timestep_embedding)
+                                     TimestepEmbedding, Upsample2D, attention_layers)
 
 
 class AlphaBlender(nn.Module):
@@ -42,11 +41,11 @@ class TemporalResnetBlock(nn.Module):
     @nn.compact
     def __call__(self, x, temb):
         c = x.shape[-1]
-        conv = lambda name: nn.Conv(c, (3, 1, 1), padding=((1, 1), (0, 0), (0, 0)),
-                                    dtype=self.dtype, name=name)
-        h = conv("conv1")(GroupNorm(epsilon=self.eps, silu=True, dtype=self.dtype, name="norm1")(x))
+        h = GroupNorm(epsilon=self.eps, silu=True, dtype=self.dtype, name="norm1")(x)
+        h = conv(c, (3, 1, 1), "conv1", dtype=self.dtype)(h)
         h = h + nn.Dense(c, dtype=self.dtype, name="time_emb_proj")(nn.silu(temb))[:, :, None, None]
-        h = conv("conv2")(GroupNorm(epsilon=self.eps, silu=True, dtype=self.dtype, name="norm2")(h))
+        h = GroupNorm(epsilon=self.eps, silu=True, dtype=self.dtype, name="norm2")(h)
+        h = conv(c, (3, 1, 1), "conv2", dtype=self.dtype)(h)
         return x + h
 
 
@@ -84,12 +83,9 @@ class TemporalBasicTransformerBlock(nn.Module):
         bt, s, c = x.shape
         t = self.num_frames
         x = x.reshape(bt // t, t, s, c).transpose(0, 2, 1, 3).reshape(-1, t, c)
-        x = x + FeedForward(self.dim, dtype=self.dtype, name="ff_in")(layer_norm("norm_in", self.dtype)(x))
-        attn = lambda name, ctx_dim=None: Attention(self.dim, self.heads, self.dim_head, ctx_dim,
-                                                    dtype=self.dtype, name=name)
-        x = x + attn("attn1")(layer_norm("norm1", self.dtype)(x), cross_view=cross_view)
-        x = x + attn("attn2", self.context_dim)(layer_norm("norm2", self.dtype)(x), time_context)
-        x = x + FeedForward(self.dim, dtype=self.dtype, name="ff")(layer_norm("norm3", self.dtype)(x))
+        x = x + FeedForward(self.dim, dtype=self.dtype, name="ff_in")(
+            layer_norm("norm_in", dtype=self.dtype)(x))
+        x = attention_layers(self, x, time_context, cross_view)
         return x.reshape(bt // t, s, t, c).transpose(0, 2, 1, 3).reshape(bt, s, c)
 
 
@@ -173,7 +169,7 @@ class UNetSpatioTemporal(nn.Module):
             return TransformerSpatioTemporal(cfg.heads[i], cfg.cross_attention_dim, t,
                                              cfg.transformer_layers_per_block, self.dtype, name=name)
 
-        h = conv3x3(ch[0], "conv_in", self.dtype)(x.reshape(b * t, hgt, wid, -1).astype(self.dtype))
+        h = conv(ch[0], (3, 3), "conv_in", dtype=self.dtype)(x.reshape(b * t, hgt, wid, -1).astype(self.dtype))
         skips = [h]
         for i in range(levels):
             # CrossAttnDownBlockSpatioTemporal builds its resnets with eps 1e-6,
@@ -205,5 +201,5 @@ class UNetSpatioTemporal(nn.Module):
                 h = Upsample2D(ch[i], self.dtype, name=f"up_blocks_{u}_upsamplers_0")(h, skips[-1].shape[1:3])
 
         h = GroupNorm(epsilon=1e-5, silu=True, dtype=self.dtype, name="conv_norm_out")(h)
-        h = conv3x3(cfg.out_channels, "conv_out", self.dtype)(h)
+        h = conv(cfg.out_channels, (3, 3), "conv_out", dtype=self.dtype)(h)
         return h.reshape(b, t, hgt, wid, -1)
