@@ -1,5 +1,5 @@
-"""Building blocks shared by the UNets: torch-compatible norms, timestep embedding,
-residual blocks, down/upsampling. Channels last; leading axes are batch-like.
+"""Building blocks shared by the networks: torch-compatible norms, convolutions, timestep
+embedding, residual blocks, down/upsampling. Channels last; leading axes are batch-like.
 
 Module and parameter names follow the lvdm/openai ``ResBlock`` spelling so that the key maps
 stay a renaming (``in_layers.2`` -> ``in_layers_2``).

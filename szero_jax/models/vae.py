@@ -24,17 +24,11 @@ import jax.numpy as jnp
 
 from szero_jax.models.attention import multihead_attention
 from szero_jax.models.configs import TemporalVAEConfig, VAEConfig
-from szero_jax.models.layers import GroupNorm
+from szero_jax.models.layers import GroupNorm, Upsample, conv
 
 LOGVAR_RANGE = (-30.0, 20.0)  # lvdm / diffusers DiagonalGaussianDistribution clamp
 NORM_EPS = 1e-6  # lvdm ae_modules.Normalize; diffusers Encoder/Decoder resnet eps
 TEMPORAL_NORM_EPS = 1e-5  # diffusers MidBlock/UpBlockTemporalDecoder temporal_eps
-
-
-def _conv(features: int, kernel: int = 3, stride: int = 1, padding: Any = 1, dtype=jnp.float32,
-          name: str | None = None) -> nn.Conv:
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
-                   dtype=dtype, name=name)
 
 
 class ResnetBlock(nn.Module):
@@ -46,12 +40,12 @@ class ResnetBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        h = _conv(self.out_channels, dtype=self.dtype, name="conv1")(
+        h = conv(self.out_channels, (3, 3), "conv1", dtype=self.dtype)(
             GroupNorm(self.groups, NORM_EPS, silu=True, name="norm1")(x))
-        h = _conv(self.out_channels, dtype=self.dtype, name="conv2")(
+        h = conv(self.out_channels, (3, 3), "conv2", dtype=self.dtype)(
             GroupNorm(self.groups, NORM_EPS, silu=True, name="norm2")(h))
         if x.shape[-1] != self.out_channels:
-            x = _conv(self.out_channels, 1, padding=0, dtype=self.dtype, name="shortcut")(x)
+            x = conv(self.out_channels, (1, 1), "shortcut", dtype=self.dtype)(x)
         return x + h
 
 
@@ -77,19 +71,17 @@ class Downsample(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return _conv(x.shape[-1], stride=2, padding=((0, 1), (0, 1)), dtype=self.dtype,
-                     name="conv")(x)
+        return nn.Conv(x.shape[-1], (3, 3), strides=2, padding=((0, 1), (0, 1)), dtype=self.dtype,
+                       name="conv")(x)
 
 
-class Upsample(nn.Module):
-    """Nearest 2x, then a 3x3 conv."""
-
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        return _conv(x.shape[-1], dtype=self.dtype, name="conv")(x)
+def _mid_block(h, groups: int, attention: bool, dtype):
+    """``mid_block_1``, ``mid_attn_1`` (if ``attention``), ``mid_block_2`` of the calling
+    ``Encoder``/``Decoder`` (called from its ``nn.compact`` ``__call__``)."""
+    h = ResnetBlock(h.shape[-1], groups, dtype, name="mid_block_1")(h)
+    if attention:
+        h = AttnBlock(groups, dtype, name="mid_attn_1")(h)
+    return ResnetBlock(h.shape[-1], groups, dtype, name="mid_block_2")(h)
 
 
 class Encoder(nn.Module):
@@ -105,19 +97,16 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x):
         g, dt = self.groups, self.dtype
-        h = _conv(self.block_out_channels[0], dtype=dt, name="conv_in")(x)
+        h = conv(self.block_out_channels[0], (3, 3), "conv_in", dtype=dt)(x)
         last = len(self.block_out_channels) - 1
         for level, ch in enumerate(self.block_out_channels):
             for i in range(self.layers_per_block):
                 h = ResnetBlock(ch, g, dt, name=f"down_{level}_block_{i}")(h)
             if level != last:
                 h = Downsample(dt, name=f"down_{level}_downsample")(h)
-        h = ResnetBlock(h.shape[-1], g, dt, name="mid_block_1")(h)
-        if self.mid_attention:
-            h = AttnBlock(g, dt, name="mid_attn_1")(h)
-        h = ResnetBlock(h.shape[-1], g, dt, name="mid_block_2")(h)
+        h = _mid_block(h, g, self.mid_attention, dt)
         h = GroupNorm(g, NORM_EPS, silu=True, name="norm_out")(h)
-        return _conv(2 * self.latent_channels, dtype=dt, name="conv_out")(h)
+        return conv(2 * self.latent_channels, (3, 3), "conv_out", dtype=dt)(h)
 
 
 class Decoder(nn.Module):
@@ -133,19 +122,16 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(self, z):
         g, dt = self.groups, self.dtype
-        h = _conv(self.block_out_channels[-1], dtype=dt, name="conv_in")(z)
-        h = ResnetBlock(h.shape[-1], g, dt, name="mid_block_1")(h)
-        if self.mid_attention:
-            h = AttnBlock(g, dt, name="mid_attn_1")(h)
-        h = ResnetBlock(h.shape[-1], g, dt, name="mid_block_2")(h)
+        h = conv(self.block_out_channels[-1], (3, 3), "conv_in", dtype=dt)(z)
+        h = _mid_block(h, g, self.mid_attention, dt)
         for level in reversed(range(len(self.block_out_channels))):
             for i in range(self.layers_per_block + 1):
                 h = ResnetBlock(self.block_out_channels[level], g, dt,
                                 name=f"up_{level}_block_{i}")(h)
             if level != 0:
-                h = Upsample(dt, name=f"up_{level}_upsample")(h)
+                h = Upsample(h.shape[-1], dt, name=f"up_{level}_upsample")(h)
         h = GroupNorm(g, NORM_EPS, silu=True, name="norm_out")(h)
-        return _conv(self.out_channels, dtype=dt, name="conv_out")(h)
+        return conv(self.out_channels, (3, 3), "conv_out", dtype=dt)(h)
 
 
 def _clamped_moments(moments):
@@ -167,9 +153,10 @@ class AutoencoderKL(nn.Module):
         self.decoder = Decoder(c.block_out_channels, c.layers_per_block, c.out_channels,
                                c.norm_num_groups, c.mid_block_add_attention, self.dtype)
         if c.use_quant_conv:
-            self.quant_conv = _conv(2 * c.latent_channels, 1, padding=0, dtype=self.dtype)
+            # setup(): named by the attribute, hence name None
+            self.quant_conv = conv(2 * c.latent_channels, (1, 1), None, dtype=self.dtype)
         if c.use_post_quant_conv:
-            self.post_quant_conv = _conv(c.latent_channels, 1, padding=0, dtype=self.dtype)
+            self.post_quant_conv = conv(c.latent_channels, (1, 1), None, dtype=self.dtype)
 
     def encode(self, x):
         moments = self.encoder(x)
@@ -195,12 +182,10 @@ class TemporalResBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = x.shape[-1]
-
-        def conv(name):
-            return nn.Conv(c, (3, 1, 1), padding=((1, 1), (0, 0), (0, 0)), dtype=self.dtype,
-                           name=name)
-        h = conv("conv1")(GroupNorm(self.groups, TEMPORAL_NORM_EPS, silu=True, name="norm1")(x))
-        h = conv("conv2")(GroupNorm(self.groups, TEMPORAL_NORM_EPS, silu=True, name="norm2")(h))
+        h = GroupNorm(self.groups, TEMPORAL_NORM_EPS, silu=True, name="norm1")(x)
+        h = conv(c, (3, 1, 1), "conv1", dtype=self.dtype)(h)
+        h = GroupNorm(self.groups, TEMPORAL_NORM_EPS, silu=True, name="norm2")(h)
+        h = conv(c, (3, 1, 1), "conv2", dtype=self.dtype)(h)
         return x + h
 
 
@@ -235,7 +220,7 @@ class TemporalDecoder(nn.Module):
     @nn.compact
     def __call__(self, z, num_frames: int):
         g, dt = self.groups, self.dtype
-        h = _conv(self.block_out_channels[-1], dtype=dt, name="conv_in")(z)
+        h = conv(self.block_out_channels[-1], (3, 3), "conv_in", dtype=dt)(z)
         h = SpatioTemporalResBlock(h.shape[-1], g, dt, name="mid_block_1")(h, num_frames)
         h = AttnBlock(g, dt, name="mid_attn_1")(h)
         h = SpatioTemporalResBlock(h.shape[-1], g, dt, name="mid_block_2")(h, num_frames)
@@ -244,12 +229,11 @@ class TemporalDecoder(nn.Module):
                 h = SpatioTemporalResBlock(self.block_out_channels[level], g, dt,
                                            name=f"up_{level}_block_{i}")(h, num_frames)
             if level != 0:
-                h = Upsample(dt, name=f"up_{level}_upsample")(h)
+                h = Upsample(h.shape[-1], dt, name=f"up_{level}_upsample")(h)
         h = GroupNorm(g, NORM_EPS, silu=True, name="norm_out")(h)
-        h = _conv(self.out_channels, dtype=dt, name="conv_out")(h)
+        h = conv(self.out_channels, (3, 3), "conv_out", dtype=dt)(h)
         video = h.reshape((-1, num_frames) + h.shape[1:])
-        video = nn.Conv(self.out_channels, (3, 1, 1), padding=((1, 1), (0, 0), (0, 0)),
-                        dtype=dt, name="time_conv_out")(video)
+        video = conv(self.out_channels, (3, 1, 1), "time_conv_out", dtype=dt)(video)
         return video.reshape(h.shape)
 
 
@@ -267,7 +251,7 @@ class AutoencoderKLTemporalDecoder(nn.Module):
         c = self.config
         self.encoder = Encoder(c.block_out_channels, c.layers_per_block, c.latent_channels,
                                c.norm_num_groups, True, self.dtype)
-        self.quant_conv = _conv(2 * c.latent_channels, 1, padding=0, dtype=self.dtype)
+        self.quant_conv = conv(2 * c.latent_channels, (1, 1), None, dtype=self.dtype)
         self.decoder = TemporalDecoder(c.block_out_channels, c.layers_per_block,
                                        c.out_channels, c.norm_num_groups, self.dtype)
 
