@@ -28,6 +28,7 @@ import numpy as np
 
 from szero_jax.models.attention import Attention
 from szero_jax.models.configs import CLIPTextConfig, CLIPVisionConfig
+from szero_jax.models.layers import layer_norm
 
 # OpenAI CLIP normalisation (DynamiCrafter condition.py buffers; HF CLIPImageProcessor).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -54,7 +55,7 @@ class ResidualBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask=None):
-        ln = lambda name: nn.LayerNorm(epsilon=self.eps, dtype=self.dtype, name=name)
+        ln = lambda name: layer_norm(name, self.eps, self.dtype)
         h = ln("ln_1")(x)
         x = x + Attention(self.width, self.heads, self.width // self.heads, qkv_bias=True,
                           dtype=self.dtype, name="attn")(h, mask=mask)
@@ -111,7 +112,7 @@ class CLIPTextEncoder(nn.Module):
         x = x + pos[:n].astype(self.dtype)
         causal = jnp.tril(jnp.ones((n, n), bool))[None, None]
         last, penultimate = _transformer(cfg, self.dtype)(x, causal)
-        ln_final = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="ln_final")
+        ln_final = layer_norm("ln_final", cfg.layer_norm_eps, self.dtype)
         last, penultimate = ln_final(last), ln_final(penultimate)
         if cfg.eos_token_id is None:  # the EOS token has the largest id (OpenCLIP, HF legacy)
             eos = jnp.argmax(tokens, axis=-1)
@@ -147,7 +148,7 @@ class CLIPVisionEncoder(nn.Module):
         pos = self.param("positional_embedding", nn.initializers.normal(0.01),
                          ((s // p) ** 2 + 1, cfg.width))
         x = x + pos.astype(self.dtype)
-        ln = lambda name: nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name=name)
+        ln = lambda name: layer_norm(name, cfg.layer_norm_eps, self.dtype)
         tokens, _ = _transformer(cfg, self.dtype)(ln("ln_pre")(x))
         embeds = ln("ln_post")(tokens[:, 0])
         if cfg.projection_dim is not None:
