@@ -286,6 +286,7 @@ class VideoRunner:
         from szero_jax.stereo import build_events
         z0, cond, uncond, x_T = prep
         events = build_events(config, self.plan.num_steps)
+        nfe = int(events.step.shape[0])               # the real evaluations (not the padding)
         if pad_to is not None:
             events = pad_events(events, *pad_to)
         key = jax.random.split(jax.random.PRNGKey(self.seed))[0]  # the pipeline's k_sample
@@ -293,7 +294,7 @@ class VideoRunner:
                                     self.latent_disparity(disparity_px, z0), self.plan, key,
                                     events, self.fs, pred=self.pred, **self.statics)
         both = self.decode(jnp.concatenate([out.left, out.right], axis=0))
-        return both[0], both[1], int(events.step.shape[0])
+        return both[0], both[1], nfe
 
     def stereodiffusion(self, prep, disparity_px, config=None):
         from szero_jax.stereo import StereoDiffusionConfig, build_stereodiffusion_events
