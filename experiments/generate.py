@@ -33,7 +33,8 @@ flags.DEFINE_float("guidance", 7.5, "CFG scale (DynamiCrafter scripts/run.sh)")
 flags.DEFINE_float("guidance_rescale", 0.7, "Guidance rescale (DynamiCrafter scripts/run.sh)")
 flags.DEFINE_float("eta", 1.0, "DDIM eta (DynamiCrafter scripts/run.sh)")
 flags.DEFINE_integer("fs", None, "Frame-stride condition (default: the model's, 24 at 512)")
-flags.DEFINE_string("depth", None, "Optional depth .npy [T, H, W] instead of the depth model")
+flags.DEFINE_string("depth", None, "Optional depth .npy [T, H, W] instead of the depth model "
+                    "(default: none, the depth model runs)")
 flags.DEFINE_enum("depth_kind", "depth", ["depth", "disparity"], "Meaning of --depth values")
 flags.DEFINE_float("max_disparity", 0.08, "Near-to-far disparity, fraction of the width "
                    "(StereoCrafter-Zero default scale 8)")

@@ -25,14 +25,14 @@ from absl import app, flags
 from experiments import common_flags as cf
 
 cf.define_checkpoint(None, "Converted Stable Diffusion checkpoint directory (unet/, vae/, "
-                           "text_encoder/, tokenizer/); required (no tiny SD is shipped)")
+                           "text_encoder/, tokenizer/); no default: required (no tiny SD is shipped)")
 cf.define_output_dir("out/stereo_image")
 cf.define_common()
 flags.DEFINE_enum("mode", "text", ["text", "image", "depth"],
                   "StereoDiffusion scenario: text-, image- (null-text inversion) or depth-to-stereo")
 flags.DEFINE_string("prompt", None, "Prompt (text/depth modes; image mode: optional, default '')")
-flags.DEFINE_string("image", None, "Input photo (image mode)")
-flags.DEFINE_string("depth", None, "Depth map: .npy [H, W] or a greyscale image (all modes)")
+flags.DEFINE_string("image", None, "Input photo (image mode; no default)")
+flags.DEFINE_string("depth", None, "Depth map: .npy [H, W] or a greyscale image (all modes; no default)")
 flags.DEFINE_enum("depth_kind", "disparity", ["disparity", "depth"],
                   "Larger values nearer (disparity, DPT/MiDaS) or farther (depth)")
 flags.DEFINE_integer("steps", 50, "DDIM steps (StereoDiffusion scripts)")
