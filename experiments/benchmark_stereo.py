@@ -37,7 +37,9 @@ Methods (rows; ``--include`` / ``--exclude`` take row names or groups ``baseline
   inversion of the left clip with its caption and first frame, then the stereo sampler with
   the paper's defaults; eta 0). The benchmark calls the pipeline's own jitted stages with the
   disparity above (inversion done once per scene, shared by all rows); a test checks this
-  equals ``video_to_stereo_video`` given the same disparity;
+  equals ``video_to_stereo_video`` given the same disparity. At guidance 1 (conversion)
+  CFG returns the conditional output, so the rows skip the unconditional half of each call
+  (half the work; same result up to float rounding, also tested);
 * ablations, each component off alone: ``no_restart`` (L = 1), ``no_refine`` (N = 0),
   ``no_border``, ``no_dissolve`` (sharp map: no blur / no dissolving), ``no_crossview``,
   ``no_warped_noise`` (right noise = left noise; a no-op at eta 0, kept to show it);
@@ -235,7 +237,8 @@ class VideoRunner:
     """StereoCrafter-Zero conversion (and the StereoDiffusion sampler) on a VideoModels
     bundle, through the stereo video pipeline's own jitted stages, with a given disparity."""
 
-    def __init__(self, models, steps: int, seed: int, start_step: int = 1):
+    def __init__(self, models, steps: int, seed: int, start_step: int = 1,
+                 cond_only: bool = True):
         from szero_jax.diffusion import plan_slice
         from szero_jax.pipelines import video as V
         from szero_jax.pipelines.conditioning import prediction_type
@@ -245,6 +248,9 @@ class VideoRunner:
         full = V._plan(models, steps, 0.0, 1.0, 0.0, dynamic_rescale=False)
         self.plan = plan_slice(full, start_step, steps)
         self.statics = V._statics(models)
+        # Conversion runs at guidance 1, where CFG returns the conditional output: skipping
+        # the unconditional half halves the work and changes only float rounding.
+        self.cond_only = cond_only and bool(np.all(np.asarray(self.plan.guidance_scale) == 1.0))
 
     @property
     def plan_steps(self):
@@ -290,9 +296,10 @@ class VideoRunner:
         if pad_to is not None:
             events = pad_events(events, *pad_to)
         key = jax.random.split(jax.random.PRNGKey(self.seed))[0]  # the pipeline's k_sample
-        out = self.V._stereo_sample(self.models.unet.params, cond, uncond, x_T,
-                                    self.latent_disparity(disparity_px, z0), self.plan, key,
-                                    events, self.fs, pred=self.pred, **self.statics)
+        sample = _szero_cond_only if self.cond_only else self.V._stereo_sample
+        out = sample(self.models.unet.params, cond, uncond, x_T,
+                     self.latent_disparity(disparity_px, z0), self.plan, key, events, self.fs,
+                     pred=self.pred, **self.statics)
         both = self.decode(jnp.concatenate([out.left, out.right], axis=0))
         return both[0], both[1], nfe
 
@@ -304,7 +311,7 @@ class VideoRunner:
         key = jax.random.PRNGKey(self.seed)
         out = _sd_sample(self.models.unet.params, cond, uncond, x_T,
                          self.latent_disparity(disparity_px, z0), self.plan, key, events,
-                         self.fs, pred=self.pred, **self.statics)
+                         self.fs, pred=self.pred, cond_only=self.cond_only, **self.statics)
         both = self.decode(jnp.concatenate([out.left, out.right], axis=0))
         return both[0], both[1], int(events.action.shape[0])
 
@@ -397,13 +404,37 @@ def buckets(sizes, n_buckets):
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("unet_cfg", "dtype", "pred"))
-def _sd_sample(params, cond, uncond, x_T, disparity, plan, key, events, fs, *, unet_cfg, dtype,
-               pred):
+def cond_only_denoiser(model_fn, cond):
+    """A stereo denoiser without the unconditional half: what ``stereo_cfg_denoiser``
+    returns at guidance 1 (no rescale), in half the network work."""
+    def denoise(x, t, plan_i, cross_view=None):
+        views = 1 if cross_view is None else 2
+        ctx = jax.tree.map(lambda c: jnp.concatenate([c] * views, axis=0), cond)
+        return model_fn(x, t, ctx, cross_view)
+    return denoise
+
+
+def _denoiser(params, cond, uncond, fs, unet_cfg, dtype, cond_only):
     from szero_jax.pipelines.conditioning import video_model_fn
-    from szero_jax.stereo import stereo_cfg_denoiser, stereodiffusion_run
+    from szero_jax.stereo import stereo_cfg_denoiser
     model_fn = video_model_fn(unet_cfg, dtype, params, fs, "stereo")
-    denoise = stereo_cfg_denoiser(model_fn, cond, uncond)
+    return cond_only_denoiser(model_fn, cond) if cond_only else stereo_cfg_denoiser(
+        model_fn, cond, uncond)
+
+
+@functools.partial(jax.jit, static_argnames=("unet_cfg", "dtype", "pred"))
+def _szero_cond_only(params, cond, uncond, x_T, disparity, plan, key, events, fs, *, unet_cfg,
+                     dtype, pred):
+    from szero_jax.stereo import stereocrafter_zero_run
+    denoise = _denoiser(params, cond, uncond, fs, unet_cfg, dtype, True)
+    return stereocrafter_zero_run(denoise, x_T, disparity, plan, key, events, pred)
+
+
+@functools.partial(jax.jit, static_argnames=("unet_cfg", "dtype", "pred", "cond_only"))
+def _sd_sample(params, cond, uncond, x_T, disparity, plan, key, events, fs, *, unet_cfg, dtype,
+               pred, cond_only=True):
+    from szero_jax.stereo import stereodiffusion_run
+    denoise = _denoiser(params, cond, uncond, fs, unet_cfg, dtype, cond_only)
     return stereodiffusion_run(denoise, x_T, disparity, plan, key, events, pred)
 
 

@@ -172,7 +172,9 @@ def test_runner_matches_the_public_pipeline(monkeypatch):
     prep = (z0,) + runner.condition(video, z0, s.caption)
     ev = build_events(cfg, runner.plan_steps)
     e, k = int(ev.step.shape[0]), int(ev.window.shape[0])
-    left, right, nfe = runner.szero(prep, disp, cfg, pad_to=(e + 2, k + 1))
-    assert nfe == e
-    np.testing.assert_allclose(left, ref.left, atol=2e-4)
-    np.testing.assert_allclose(right, ref.right, atol=2e-4)
+    for cond_only in (False, True):      # True: the benchmark's default (guidance 1)
+        runner.cond_only = cond_only
+        left, right, nfe = runner.szero(prep, disp, cfg, pad_to=(e + 2, k + 1))
+        assert nfe == e
+        np.testing.assert_allclose(left, ref.left, atol=2e-4)
+        np.testing.assert_allclose(right, ref.right, atol=2e-4)
