@@ -118,7 +118,7 @@ def test_pipeline_rejects_bad_settings(video_models):
     with pytest.raises(ValueError, match=r"num_frames: the model generates 2 frames"):
         _video_call(video_models, num_frames=5)
     with pytest.raises(ValueError, match=r"steps: expected an int >= 1, got 0"):
-        _video_call(video_models, steps=0)
+        _video_call(video_models, steps=0, depth=np.ones((T, S, S), np.float32))
     with pytest.raises(ValueError, match=r"depth: the models have no depth network"):
         _video_call(video_models)                 # this bundle has no depth model
 
