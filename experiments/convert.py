@@ -50,6 +50,9 @@ flags.DEFINE_string("bpe_vocab", None,
 flags.DEFINE_list("parts", None,
                   "dynamicrafter: parts to convert; unset (default): all of unet, resampler, vae, "
                   "text_encoder, image_encoder")
+flags.DEFINE_string("svd_dir", None,
+                    "depthcrafter: the SVD-xt diffusers folder holding vae/ and image_encoder/; "
+                    "unset (default): look beside the UNet")
 flags.DEFINE_bool("overwrite", False, "Replace an existing output")
 
 FLAGS = flags.FLAGS
@@ -156,7 +159,7 @@ def main(argv):
     written, summary = run(FLAGS.family, FLAGS.checkpoint, FLAGS.output_dir,
                            config=FLAGS.config, model_config=FLAGS.model_config,
                            bpe_vocab=FLAGS.bpe_vocab, parts=FLAGS.parts, dtype=FLAGS.dtype,
-                           overwrite=FLAGS.overwrite)
+                           svd_dir=FLAGS.svd_dir, overwrite=FLAGS.overwrite)
     for p in written:
         print(f"wrote {p}" + (f": {summary}" if summary else ""))
 
