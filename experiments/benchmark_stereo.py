@@ -76,36 +76,41 @@ import numpy as np
 from experiments import baselines as B
 from szero_jax.metrics import psnr
 
-flags.DEFINE_integer("num_scenes", 2, "Held-out world scenes (seeds HELDOUT_SEED_START + "
-                     "seed_offset + i)")
-flags.DEFINE_integer("seed_offset", 0, "First held-out seed after HELDOUT_SEED_START")
-flags.DEFINE_integer("height", 64, "Frame height (tiny family: 64; a multiple of 16)")
-flags.DEFINE_integer("width", 64, "Frame width (a multiple of 16)")
-flags.DEFINE_integer("frames", 8, "Clip length (the video model's: 8 for the tiny family)")
-flags.DEFINE_integer("steps", 20, "DDIM steps of the diffusion rows (paper: 50; the default "
-                     "fits the CPU budget, the paper's K, w and stop step scale by steps/50)")
-flags.DEFINE_bool("middlebury", True, "Add the Middlebury 2014 motorcycle pair (skimage)")
-flags.DEFINE_list("depth_sources", ["gt", "tiny"], "Disparity sources: gt, tiny (the tiny "
-                  "depth model, aligned to GT by scale + shift)")
-flags.DEFINE_list("include", [], "Only these rows / groups (empty = all)")
-flags.DEFINE_list("exclude", [], "Skip these rows / groups")
-flags.DEFINE_bool("quick", False, "Subsample the sweeps (K in {6, 21} x L in {5, 9}; "
-                  "N in {0, 4, 8}) and skip the attention rows swap")
-flags.DEFINE_bool("tiny_depth_all_rows", False, "Run every row with the tiny depth too "
-                  "(default: the baselines, szero and no_dissolve)")
-flags.DEFINE_float("blur_sigma", 4.0, "Gaussian low-pass (px) of a user map for the "
-                   "StereoCrafter-Zero rows (pipeline default)")
-flags.DEFINE_integer("dissolve_step", 20, "Dissolving level of the tiny depth (pipeline default)")
-flags.DEFINE_bool("lpips", True, "Compute LPIPS")
-flags.DEFINE_string("checkpoint", None, "Video model checkpoint (default: the shipped tiny "
-                    "family)")
-flags.DEFINE_bool("random_weights_for_testing", False, "Random tiny-architecture weights "
-                  "(for tests of the harness only; the numbers mean nothing)")
-flags.DEFINE_integer("seed", 0, "Sampler seed")
-flags.DEFINE_integer("compile_buckets", 3, "StereoCrafter-Zero schedules are padded into at "
-                     "most this many sizes, one compiled program each (0 = one per size)")
-flags.DEFINE_string("output_json", "out/benchmark_stereo/results.json", "Results file")
-flags.DEFINE_string("compilation_cache_dir", None, "Persistent XLA compilation cache")
+
+def define_flags():
+    """The launcher's flags, defined only when it runs as a script: tests import this module
+    beside other launchers, and absl refuses a flag name defined twice (--lpips, --seed...)."""
+    flags.DEFINE_integer("num_scenes", 2, "Held-out world scenes (seeds HELDOUT_SEED_START + "
+                         "seed_offset + i)")
+    flags.DEFINE_integer("seed_offset", 0, "First held-out seed after HELDOUT_SEED_START")
+    flags.DEFINE_integer("height", 64, "Frame height (tiny family: 64; a multiple of 16)")
+    flags.DEFINE_integer("width", 64, "Frame width (a multiple of 16)")
+    flags.DEFINE_integer("frames", 8, "Clip length (the video model's: 8 for the tiny family)")
+    flags.DEFINE_integer("steps", 20, "DDIM steps of the diffusion rows (paper: 50; the default "
+                         "fits the CPU budget, the paper's K, w and stop step scale by steps/50)")
+    flags.DEFINE_bool("middlebury", True, "Add the Middlebury 2014 motorcycle pair (skimage)")
+    flags.DEFINE_list("depth_sources", ["gt", "tiny"], "Disparity sources: gt, tiny (the tiny "
+                      "depth model, aligned to GT by scale + shift)")
+    flags.DEFINE_list("include", [], "Only these rows / groups (empty = all)")
+    flags.DEFINE_list("exclude", [], "Skip these rows / groups")
+    flags.DEFINE_bool("quick", False, "Subsample the sweeps (K in {6, 21} x L in {5, 9}; "
+                      "N in {0, 4, 8}) and skip the attention rows swap")
+    flags.DEFINE_bool("tiny_depth_all_rows", False, "Run every row with the tiny depth too "
+                      "(default: the baselines, szero and no_dissolve)")
+    flags.DEFINE_float("blur_sigma", 4.0, "Gaussian low-pass (px) of a user map for the "
+                       "StereoCrafter-Zero rows (pipeline default)")
+    flags.DEFINE_integer("dissolve_step", 20, "Dissolving level of the tiny depth (pipeline default)")
+    flags.DEFINE_bool("lpips", True, "Compute LPIPS")
+    flags.DEFINE_string("checkpoint", None, "Video model checkpoint (default: the shipped tiny "
+                        "family)")
+    flags.DEFINE_bool("random_weights_for_testing", False, "Random tiny-architecture weights "
+                      "(for tests of the harness only; the numbers mean nothing)")
+    flags.DEFINE_integer("seed", 0, "Sampler seed")
+    flags.DEFINE_integer("compile_buckets", 3, "StereoCrafter-Zero schedules are padded into at "
+                         "most this many sizes, one compiled program each (0 = one per size)")
+    flags.DEFINE_string("output_json", "out/benchmark_stereo/results.json", "Results file")
+    flags.DEFINE_string("compilation_cache_dir", None, "Persistent XLA compilation cache")
+
 
 FLAGS = flags.FLAGS
 
@@ -710,4 +715,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
