@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(PY) -m experiments.generate
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 -m "not slow" tests
+	$(PY) -m pytest -q -rs -n 2 -m "not slow" tests
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests
