@@ -29,7 +29,8 @@ flags.DEFINE_string("image", str(SAMPLES / "demo.png"), "Input image (first fram
 flags.DEFINE_string("prompt", None, "Text prompt (default: the bundled sample's caption)")
 flags.DEFINE_integer("num_frames", None, "Frames (default and only choice: the model's clip length)")
 flags.DEFINE_integer("steps", 50, "DDIM steps (DynamiCrafter scripts/run.sh)")
-flags.DEFINE_float("guidance", 7.5, "CFG scale (DynamiCrafter scripts/run.sh)")
+flags.DEFINE_float("guidance", None, "CFG scale (default: the checkpoint's: 7.5 from "
+                   "DynamiCrafter scripts/run.sh; 1.0 for the undertrained tiny family)")
 flags.DEFINE_float("guidance_rescale", 0.7, "Guidance rescale (DynamiCrafter scripts/run.sh)")
 flags.DEFINE_float("eta", 1.0, "DDIM eta (DynamiCrafter scripts/run.sh)")
 flags.DEFINE_integer("fs", None, "Frame-stride condition (default: the model's, 24 at 512)")
@@ -178,7 +179,8 @@ def main(argv):
             "settings": {k: getattr(FLAGS, k) for k in (
                 "steps", "guidance", "guidance_rescale", "eta", "fs", "seed", "dtype",
                 "max_disparity", "convergence", "dissolve_step", "depth_steps", "preset",
-                "depth", "depth_kind", "fps")},
+                "depth", "depth_kind", "fps")}
+            | {"guidance": models.config.guidance if FLAGS.guidance is None else FLAGS.guidance},
             "stereo_config": {k: (list(v) if isinstance(v, tuple) else v)
                               for k, v in vars(stereo).items()},
             "timings_s": {"load_models": load_s, **res.timings},

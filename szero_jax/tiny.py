@@ -63,7 +63,10 @@ VIDEO_UNET = DynamiCrafterUNetConfig(
 # (DynamiCrafterConfig defaults, inference_512_v1.0.yaml); no dynamic rescale for the tiny one.
 VIDEO = DynamiCrafterConfig(unet=VIDEO_UNET, resampler=RESAMPLER,
                             latent_size=(HEIGHT // 4, WIDTH // 4), scale_factor=1.0,
-                            use_dynamic_rescale=False)
+                            use_dynamic_rescale=False,
+                            # Undertrained tiny model: CFG 7.5 over-saturates and darkens its
+                            # samples; 1.0 keeps them close to the world (MODEL_CARD.md).
+                            guidance=1.0)
 
 # Widths: multiples of 32 (diffusers' GroupNorm(32)); like the real one, no attention at the
 # coarsest level except the middle block.

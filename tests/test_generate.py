@@ -23,7 +23,7 @@ def _run(module, *args, timeout=900):
 @pytest.mark.parametrize("module, expected", [
     ("generate", {"--checkpoint": "'tiny'", "--output_dir": "'out/demo'", "--seed": "'0'",
                   "--format": "'sbs'", "--dtype": "'float32'", "--steps": "'50'",
-                  "--guidance": "'7.5'", "--eta": "'1.0'", "--max_disparity": "'0.08'",
+                  "--eta": "'1.0'", "--max_disparity": "'0.08'",
                   "--dissolve_step": "'20'"}),
     ("generate_image", {"--mode": "'text'", "--steps": "'50'", "--format": "'sbs'",
                         "--attention": "'uni'", "--random_weights_for_testing": "'false'"}),
@@ -35,6 +35,9 @@ def test_help_lists_flags_with_defaults(module, expected):
         i = max(text.find(f"  {flag}:"), text.find(f"  --[no]{flag[2:]}:"))
         assert f"(default: {default})" in text[i:i + 600], flag
     assert "--compilation_cache_dir" in text
+    if module == "generate":   # default None: the checkpoint's guidance, stated in the help
+        i = text.find("  --guidance:")
+        assert "7.5 from" in text[i:i + 300] and "1.0 for the" in text[i:i + 300]
 
 
 def test_generate_image_without_checkpoint_fails_clearly(tmp_path):

@@ -130,6 +130,7 @@ class DynamiCrafterConfig:
     use_dynamic_rescale: bool = True  # inference_512_v1.0.yaml
     base_scale: float = 0.7  # inference_512_v1.0.yaml
     perframe_ae: bool = True  # inference_512_v1.0.yaml
+    guidance: float = 7.5  # sampling default: scripts/run.sh unconditional_guidance_scale
 
 
 register("dynamicrafter_256", DynamiCrafterConfig(

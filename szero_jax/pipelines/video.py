@@ -31,7 +31,6 @@ from szero_jax.stereo import (StereoCrafterZeroConfig, build_events, stereo_cfg_
                               stereocrafter_zero_run)
 
 STEPS = 50                # DynamiCrafter scripts/run.sh ddim_steps
-GUIDANCE = 7.5            # DynamiCrafter scripts/run.sh unconditional_guidance_scale
 GUIDANCE_RESCALE = 0.7    # DynamiCrafter scripts/run.sh guidance_rescale
 ETA = 1.0                 # DynamiCrafter scripts/run.sh ddim_eta
 SPACING = "uniform_trailing"  # DynamiCrafter scripts/run.sh timestep_spacing
@@ -178,7 +177,7 @@ def _finish(models, stages, params_vae, latents, disparity_px, norm_depth):
 
 def image_to_stereo_video(models: VideoModels, image, prompt: str, *,
                           num_frames: Optional[int] = None, steps: int = STEPS,
-                          guidance: float = GUIDANCE, guidance_rescale: float = GUIDANCE_RESCALE,
+                          guidance: Optional[float] = None, guidance_rescale: float = GUIDANCE_RESCALE,
                           eta: float = ETA, fs: Optional[int] = None, seed: int = 0,
                           depth=None, depth_kind: str = "depth", blur_sigma: float = 4.0,
                           stereo: StereoCrafterZeroConfig = StereoCrafterZeroConfig(),
@@ -194,7 +193,8 @@ def image_to_stereo_video(models: VideoModels, image, prompt: str, *,
     nearer), blurred by ``blur_sigma`` px (0 = off); without it the bundle's depth model
     runs on the left video (``depth_steps`` Euler steps, then dissolved at
     ``dissolve_step``, 0 = off). max_disparity: near-to-far span as a fraction of the width;
-    convergence: None = far plane at zero disparity. callback(stage, done, total): progress.
+    convergence: None = far plane at zero disparity. guidance: CFG scale (default: the
+    checkpoint config's, 7.5 for DynamiCrafter). callback(stage, done, total): progress.
     """
     _check_models(models)
     check_prompt(prompt)
@@ -206,6 +206,7 @@ def image_to_stereo_video(models: VideoModels, image, prompt: str, *,
         raise ValueError(f"num_frames: the model generates {models.num_frames} frames (its "
                          f"Resampler's video_length), got {t}")
     fs = models.unet.config.default_fs if fs is None else fs
+    guidance = models.config.guidance if guidance is None else guidance
     _check_depth_source(models, depth, depth_kind)
     events = _check_common(models, steps, eta, guidance, fs, max_disparity, convergence,
                            dissolve_step, stereo, steps)
