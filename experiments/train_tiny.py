@@ -50,7 +50,7 @@ flags.DEFINE_integer("log_every", 25, "Log the mean loss every this many steps."
 flags.DEFINE_integer("save_every", 200, "Checkpoint the train state every this many steps.")
 flags.DEFINE_integer("seed", 0, "Seed of initialisation, batches and noise.")
 
-DEFAULT_STEPS = {"vae": 1400, "clip": 150, "video": 200, "depth": 150}  # the shipped run (MODEL_CARD.md)
+DEFAULT_STEPS = {"vae": 1400, "clip": 150, "video": 1600, "depth": 600}  # the shipped totals (MODEL_CARD.md)
 DEFAULT_BATCH = {"vae": 16, "clip": 64, "video": 4, "depth": 4}
 LR = {"vae": 1e-3, "clip": 1e-3, "video": 1e-3, "depth": 1e-3}
 VAE_CROP = 32  # the VAE is convolutional: train on crops, evaluate on whole frames
