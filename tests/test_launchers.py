@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -240,7 +241,8 @@ def test_generate_interrupted_while_writing_leaves_no_outputs(tmp_path, monkeypa
                                  np.ones((t, h, w), np.float32), np.zeros((t, h, w), bool),
                                  rng.random((t, h, w), np.float32), {})
     monkeypatch.setattr(pipelines, "image_to_stereo_video", lambda *a, **k: fake)
-    monkeypatch.setattr(generate, "_models", lambda: None)
+    bundle = types.SimpleNamespace(config=types.SimpleNamespace(guidance=7.5))  # what main reads
+    monkeypatch.setattr(generate, "_models", lambda: bundle)
     monkeypatch.setattr(generate, "_input_image", lambda models: fake.left[0])
     calls = []
     real = io.write_stereo
