@@ -16,7 +16,7 @@ from szero_jax.models import clip_keymaps as km
 TOL = 1e-4  # max abs error relative to the output's max abs value (issue 3)
 
 
-def _close(ours, ref):
+def assert_close(ours, ref):
     ours, ref = np.asarray(ours), np.asarray(ref)
     assert ours.shape == ref.shape
     err = np.abs(ours - ref).max()
@@ -50,13 +50,13 @@ def test_openclip_fixture_parity(fixtures_dir):
                                 km.openclip_text_dropped())
     _, penultimate, _ = jax.jit(clip.CLIPTextEncoder(text_cfg).apply)(
         {"params": tp}, jnp.asarray(io["tokens"], jnp.int32))
-    _close(penultimate, io["text_penultimate"])
+    assert_close(penultimate, io["text_penultimate"])
 
     vp = common.convert_to_tree(sd.items(), km.openclip_vision_keymap(),
                                 _vision_shapes(vision_cfg), km.openclip_vision_dropped())
     tokens, _ = jax.jit(clip.CLIPVisionEncoder(vision_cfg).apply)(
         {"params": vp}, jnp.asarray(io["image"].transpose(0, 2, 3, 1)))
-    _close(tokens, io["image_tokens"])
+    assert_close(tokens, io["image_tokens"])
 
 
 # ----------------------------------------------------------------------------- transformers
@@ -98,9 +98,9 @@ def test_hf_text_parity(act, eos, projection):
         penultimate = inner.final_layer_norm(out.hidden_states[-2]).numpy()
     last, pen, pooled = jax.jit(clip.CLIPTextEncoder(cfg).apply)({"params": params},
                                                          jnp.asarray(ids, jnp.int32))
-    _close(last, out.last_hidden_state.numpy())
-    _close(pen, penultimate)
-    _close(pooled, (out.text_embeds if projection else out.pooler_output).numpy())
+    assert_close(last, out.last_hidden_state.numpy())
+    assert_close(pen, penultimate)
+    assert_close(pooled, (out.text_embeds if projection else out.pooler_output).numpy())
 
 
 def test_hf_vision_parity():
@@ -117,8 +117,8 @@ def test_hf_vision_parity():
         out = model(torch.as_tensor(pixels))
     tokens, embeds = jax.jit(clip.CLIPVisionEncoder(cfg).apply)({"params": params},
                                                        jnp.asarray(pixels.transpose(0, 2, 3, 1)))
-    _close(tokens, out.last_hidden_state.numpy())
-    _close(embeds, out.image_embeds.numpy())
+    assert_close(tokens, out.last_hidden_state.numpy())
+    assert_close(embeds, out.image_embeds.numpy())
 
 
 # ----------------------------------------------------------------------------- full-size keys
@@ -216,7 +216,7 @@ def _torch_preprocess(images_nchw, size):
 def test_preprocess_matches_torch(h, w, size):
     images = np.random.default_rng(3).uniform(-1, 1, size=(2, h, w, 3)).astype(np.float32)
     ours = clip.preprocess_image(images, size=size)
-    _close(ours, _torch_preprocess(images.transpose(0, 3, 1, 2), size))
+    assert_close(ours, _torch_preprocess(images.transpose(0, 3, 1, 2), size))
 
 
 def test_bad_inputs_raise():

@@ -97,7 +97,7 @@ def _random_torch(cls, config, seed):
     return module
 
 
-def _close(got, want, rel=1e-4):
+def assert_close(got, want, rel=1e-4):
     import numpy as np
     got = np.asarray(got).transpose(0, 3, 1, 2)
     err, scale = float(np.abs(got - want).max()), float(np.abs(want).max())
@@ -121,9 +121,9 @@ def test_full_size_sd_vae_parity():
     run = jax.jit(lambda p, x: (lambda m: (m, model.apply(p, m[0], method="decode")))(
         model.apply(p, x, method="encode")))
     (mean, logvar), out = run(params, jnp.asarray(x.transpose(0, 2, 3, 1)))
-    _close(mean, dist.mean.numpy())
-    _close(logvar, dist.logvar.numpy())
-    _close(out, dec)
+    assert_close(mean, dist.mean.numpy())
+    assert_close(logvar, dist.logvar.numpy())
+    assert_close(out, dec)
 
 
 @pytest.mark.slow
@@ -141,4 +141,4 @@ def test_full_size_svd_xt_vae_parity():
         dec = tv.decode(torch.from_numpy(z), num_frames=4).sample.numpy()
     out = jax.jit(lambda p, z: model.apply(p, z, 4, method="decode"))(
         params, jnp.asarray(z.transpose(0, 2, 3, 1)))
-    _close(out, dec)
+    assert_close(out, dec)
