@@ -149,6 +149,17 @@ register("dynamicrafter_1024", DynamiCrafterConfig(
     base_scale=0.3))  # inference_1024_v1.0.yaml
 
 
+def _check_levels(cfg) -> None:
+    """Per-level settings of a diffusers UNet config: one entry per level, heads dividing."""
+    n = len(cfg.block_out_channels)
+    if len(cfg.heads) != n or len(cfg.cross_attn) != n:
+        raise ValueError(f"heads and cross_attn need one entry per level ({n}), got "
+                         f"{cfg.heads} and {cfg.cross_attn}")
+    if any(c % h for c, h in zip(cfg.block_out_channels, cfg.heads)):
+        raise ValueError(f"block_out_channels {cfg.block_out_channels} must divide by "
+                         f"heads {cfg.heads}")
+
+
 # ----------------------------------------------------------------------------- Stable Diffusion
 @dataclasses.dataclass(frozen=True)
 class UNet2DConfig:
@@ -173,13 +184,7 @@ class UNet2DConfig:
     prediction_type: str = "epsilon"  # sd-v1-5 scheduler/scheduler_config.json
 
     def __post_init__(self):
-        n = len(self.block_out_channels)
-        if len(self.heads) != n or len(self.cross_attn) != n:
-            raise ValueError(f"heads and cross_attn need one entry per level ({n}), got "
-                             f"{self.heads} and {self.cross_attn}")
-        if any(c % h for c, h in zip(self.block_out_channels, self.heads)):
-            raise ValueError(f"block_out_channels {self.block_out_channels} must divide by "
-                             f"heads {self.heads}")
+        _check_levels(self)
 
 
 _SD2 = dict(heads=(5, 10, 20, 20),  # sd-2-1 unet/config.json attention_head_dim
@@ -217,13 +222,7 @@ class UNetSTConfig:
     num_frames: int = 25  # DepthCrafter unet/config.json (training length; any T works)
 
     def __post_init__(self):
-        n = len(self.block_out_channels)
-        if len(self.heads) != n or len(self.cross_attn) != n:
-            raise ValueError(f"heads and cross_attn need one entry per level ({n}), got "
-                             f"{self.heads} and {self.cross_attn}")
-        if any(c % h for c, h in zip(self.block_out_channels, self.heads)):
-            raise ValueError(f"block_out_channels {self.block_out_channels} must divide by "
-                             f"heads {self.heads}")
+        _check_levels(self)
 
 
 register("depthcrafter_unet", UNetSTConfig())
