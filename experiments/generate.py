@@ -50,6 +50,8 @@ flags.DEFINE_integer("refine_rounds", None, "N (default: the preset's)")
 flags.DEFINE_integer("warp_every", None, "w (default: the preset's)")
 flags.DEFINE_enum("cross_view", None, ["none", "uni", "uni_query", "bi", "swap"],
                   "Cross-view attention mode (default: the preset's)")
+flags.DEFINE_enum("right_condition", None, ["warped", "left"], "Right view's image condition: "
+                  "the warped first-frame latent, or the left's as released (default: preset's)")
 flags.DEFINE_float("fps", 8.0, "Output frame rate (StereoCrafter-Zero save_fps)")
 flags.DEFINE_bool("random_weights_for_testing", False,
                   "Use random tiny-family weights instead of a checkpoint (tests only)")
@@ -85,7 +87,7 @@ def _stereo_config():
     base = (StereoCrafterZeroConfig.released() if FLAGS.preset == "released"
             else StereoCrafterZeroConfig())
     over = {k: getattr(FLAGS, k) for k in ("restart_steps", "restart_rounds", "refine_rounds",
-                                           "warp_every", "cross_view")
+                                           "warp_every", "cross_view", "right_condition")
             if getattr(FLAGS, k) is not None}
     import dataclasses  # pylint: disable=import-outside-toplevel
     return dataclasses.replace(base, **over)

@@ -46,6 +46,9 @@ flags.DEFINE_string("output_dir", str(checkpoints.TINY_DIR), "Where the trained 
 flags.DEFINE_string("work_dir", "/tmp/szero_tiny_work", "Clip cache and resumable train state.")
 flags.DEFINE_string("docs_dir", "docs", "Where eval writes tiny_samples.png.")
 flags.DEFINE_bool("resume", False, "Continue each stage from its saved train state.")
+flags.DEFINE_string("init_from", None, "Fine-tune: start the video/depth stages from the networks "
+                    "in this tiny-family directory (e.g. the shipped one, at a new resolution) "
+                    "instead of a fresh initialisation.")
 flags.DEFINE_integer("log_every", 25, "Log the mean loss every this many steps.")
 flags.DEFINE_integer("save_every", 200, "Checkpoint the train state every this many steps.")
 flags.DEFINE_integer("seed", 0, "Seed of initialisation, batches and noise.")
@@ -165,6 +168,12 @@ def out_path(name):
 def save(name, params, config):
     checkpoints.save_params(out_path(name), params, config, tiny.FAMILIES[name], overwrite=True)
     logging.info("saved %s", out_path(name))
+
+
+def initial(name):
+    """Fine-tuning start: ``name``'s params from the ``--init_from`` tiny family."""
+    logging.info("starting %s from %s", name, Path(FLAGS.init_from) / name)
+    return checkpoints.load_params(Path(FLAGS.init_from) / name, tiny.FAMILIES[name])[0]
 
 
 def load(name):
@@ -301,9 +310,9 @@ def stage_video(data, work_dir):
     bs = FLAGS.batch_size or DEFAULT_BATCH["video"]
     frames = FLAGS.frames
     video, tokens = data["video"][:FLAGS.latent_clips], data["tokens"][:FLAGS.latent_clips]
-    latents = cached_latents(work_dir, f"video_{len(video)}", lambda: encode_frames(vae_params, vae_cfg, video))
+    n, tt, h, w = video.shape[:4]
+    latents = cached_latents(work_dir, f"video_{len(video)}_{h}x{w}", lambda: encode_frames(vae_params, vae_cfg, video))
     latents = latents * vae_cfg.scaling_factor  # [N, 2T, h, w, 4]
-    n, tt = video.shape[:2]
     ab = jnp.asarray(dynamicrafter_schedule().alphas_cumprod, jnp.float32)
 
     def batch_fn(rng):
@@ -338,6 +347,8 @@ def stage_video(data, work_dir):
     text, img = jax.jit(video_context)(params, frozen, b0["tokens"][:1], b0["image"][:1])
     params["unet"] = jax.jit(unet.init)(k2, jnp.zeros((1,) + b0["z"].shape[1:-1] + (8,)), jnp.zeros((1,)),
                                jnp.concatenate([text, img], 1), jnp.ones((1,)))
+    if FLAGS.init_from:
+        params = {"resampler": initial("resampler"), "unet": initial("video_unet")}
     params = train("video", params, loss_fn, batch_fn, frozen, steps_for("video"), work_dir)
     save("resampler", params["resampler"], tiny.RESAMPLER)
     save("video_unet", params["unet"], dataclasses.replace(tiny.VIDEO, scale_factor=vae_cfg.scaling_factor))
@@ -369,12 +380,12 @@ def stage_depth(data, work_dir):
     unet = UNetSpatioTemporal(tiny.DEPTH_UNET)
     bs, frames = FLAGS.batch_size or DEFAULT_BATCH["depth"], FLAGS.frames
     video, disp = data["video"][:FLAGS.latent_clips], data["disparity"][:FLAGS.latent_clips]
-    n, tt = video.shape[:2]
+    n, tt, h, w = video.shape[:4]
     windows = tt // frames  # non-overlapping windows, each normalised on its own
     split = lambda a: a.reshape((n * windows, frames) + a.shape[2:])
     # DepthCrafter's video latents: posterior mode, unscaled (its 0.02 frame noise is omitted).
-    video_z = split(cached_latents(work_dir, f"video_{len(video)}", lambda: encode_frames(vae_params, vae_cfg, video)))
-    depth_z = cached_latents(work_dir, f"disparity_{frames}",
+    video_z = split(cached_latents(work_dir, f"video_{len(video)}_{h}x{w}", lambda: encode_frames(vae_params, vae_cfg, video)))
+    depth_z = cached_latents(work_dir, f"disparity_{frames}_{h}x{w}",
                              lambda: encode_disparity(vae_params, vae_cfg, split(disp)))
     embeds = split(image_embeds(vis_params, video))
 
@@ -399,6 +410,8 @@ def stage_depth(data, work_dir):
     b0 = batch_fn(np.random.default_rng(0))
     params = jax.jit(unet.init)(jax.random.PRNGKey(FLAGS.seed + 3), jnp.zeros((1,) + b0["depth"].shape[1:-1] + (8,)),
                        jnp.zeros((1,)), jnp.asarray(b0["embeds"][:1]))
+    if FLAGS.init_from:
+        params = initial("depth_unet")
     params = train("depth", params, loss_fn, batch_fn, None, steps_for("depth"), work_dir)
     save("depth_unet", params, tiny.DEPTH_UNET)
 

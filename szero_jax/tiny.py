@@ -24,7 +24,9 @@ from szero_jax.models.configs import (CLIPTextConfig, CLIPVisionConfig, DynamiCr
 from szero_jax.models.tokenizer import WordTokenizer
 from szero_jax.world import VOCABULARY
 
-HEIGHT = WIDTH = 64  # training resolution of every tiny network
+# Training resolution: DynamiCrafter 512's 320x512 aspect at 1/4 scale, so that the latent
+# warp moves by whole latent pixels (0.08 x 32 = 2.6 at most; the real model: 0.08 x 64 = 5).
+HEIGHT, WIDTH = 80, 128
 FRAMES = 8  # clip length of the video and depth models (DynamiCrafter / DepthCrafter: 16 / 25)
 CLIP_IMAGE_SIZE = 32  # tiny ViT input (ViT-H/14: 224)
 WIDTH_EMBED = 64  # text/vision width = UNet context width (real: 1024)
@@ -38,8 +40,8 @@ def tokenizer() -> WordTokenizer:
     return WordTokenizer(VOCABULARY)
 
 
-# 4x instead of the real 8x: at 64x64 an 8x VAE leaves 8x8 latents, too coarse for the
-# latent warping of StereoCrafter-Zero to move anything by sub-latent disparities (<= 4 px).
+# 4x instead of the real 8x: at this size an 8x VAE leaves 10x16 latents, too coarse for the
+# latent warping of StereoCrafter-Zero (the largest disparity would be ~1 latent pixel).
 VAE = VAEConfig(block_out_channels=(16, 32, 64), layers_per_block=1, latent_channels=4,
                 norm_num_groups=8, scaling_factor=1.0)  # replaced by 1 / std of the training latents
 

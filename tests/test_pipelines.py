@@ -25,8 +25,8 @@ def _ramp_depth():
     return d
 
 
-def _run(depth, seed=0, **kw):
-    return image_to_stereo_video(video_models(), IMAGE, PROMPT, steps=STEPS, stereo=CFG,
+def _run(depth, seed=0, stereo=CFG, **kw):
+    return image_to_stereo_video(video_models(), IMAGE, PROMPT, steps=STEPS, stereo=stereo,
                                  depth=depth, blur_sigma=0.0, seed=seed, **kw)
 
 
@@ -70,6 +70,32 @@ def test_left_view_independent_of_disparity_and_seed_deterministic(runs):
     np.testing.assert_array_equal(ramp.right, again.right)
 
 
+def test_right_condition_warped_vs_released(runs):
+    """The right view's image condition: "warped" (default) moves the first-frame latent with
+    the first frame's disparity; "left" (released) shares the left's. Only the right view
+    changes."""
+    import jax.numpy as jnp
+    from szero_jax.geometry import forward_warp
+    from szero_jax.pipelines.video import _right_context
+    _, ramp, _, _ = runs
+    released = _run(_ramp_depth(), stereo=dataclasses.replace(CFG, right_condition="left"))
+    np.testing.assert_allclose(released.left, ramp.left, atol=1e-6)
+    assert np.abs(released.right - ramp.right).mean() > 1e-3
+
+    z = jnp.asarray(np.random.RandomState(1).randn(1, FRAMES, 6, 8, 4), jnp.float32)
+    d = np.zeros((1, FRAMES, 6, 8), np.float32)
+    d[:, 0, :, 4:] = 2.0                     # frame 0 decides; later frames' values are ignored
+    d[:, 1:] = 5.0
+    assert _right_context({"concat": z}, jnp.asarray(d),
+                          dataclasses.replace(CFG, right_condition="left")) == {}
+    got = np.asarray(_right_context({"concat": z}, jnp.asarray(d), CFG)["concat"])
+    warped, holes = forward_warp(z, jnp.broadcast_to(jnp.asarray(d[:, :1]), d.shape))
+    want = np.where(np.asarray(holes)[..., None], np.asarray(z), np.asarray(warped))
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got[0, -1, :, 2:6], np.asarray(z)[0, -1, :, 4:8])  # moved by 2
+    assert np.asarray(holes)[0, :, :, 6:].all() and not np.asarray(holes)[0, :, :, :6].any()
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(prompt="  "), "prompt"),
     (dict(image=np.zeros((SIZE, SIZE))), "image"),
@@ -86,6 +112,7 @@ def test_left_view_independent_of_disparity_and_seed_deterministic(runs):
     (dict(depth_kind="inverse"), "depth_kind"),
     (dict(stereo=dataclasses.replace(CFG, restart_steps=STEPS + 1)), "restart_steps"),
     (dict(stereo="paper"), "stereo"),
+    (dict(stereo=dataclasses.replace(CFG, right_condition="right")), "right_condition"),
 ])
 def test_image_to_stereo_video_rejects_bad_input(kwargs, match):
     args = dict(image=IMAGE, prompt=PROMPT, depth=np.ones((FRAMES, SIZE, SIZE)))

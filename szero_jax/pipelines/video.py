@@ -72,10 +72,10 @@ def _left_sample(params, cond, uncond, x_T, plan, noise, fs, *, unet_cfg, dtype,
 
 
 @functools.partial(jax.jit, static_argnames=("unet_cfg", "dtype", "pred"))
-def _stereo_sample(params, cond, uncond, x_T, disparity, plan, key, events, fs, *, unet_cfg,
-                   dtype, pred):
+def _stereo_sample(params, cond, uncond, right, x_T, disparity, plan, key, events, fs, *,
+                   unet_cfg, dtype, pred):
     model_fn = video_model_fn(unet_cfg, dtype, params, fs, "stereo")
-    denoise = stereo_cfg_denoiser(model_fn, cond, uncond)
+    denoise = stereo_cfg_denoiser(model_fn, cond, uncond, right=right)
     return stereocrafter_zero_run(denoise, x_T, disparity, plan, key, events, pred)
 
 
@@ -110,6 +110,17 @@ def _video_conditioning(params, tokens, first_frame, z0, *, config, text_cfg, vi
         vision_cfg, config.resampler, dtype, params["vision"], params["resampler"],
         jnp.zeros_like(first_frame)).astype(jnp.float32)], axis=1), "concat": concat}
     return cond, uncond
+
+
+def _right_context(cond, disparity, stereo: StereoCrafterZeroConfig) -> dict:
+    """The right view's context overrides (``StereoCrafterZeroConfig.right_condition``):
+    "warped" = the image latent warped by the first frame's latent disparity, holes keeping
+    the left's values; "left" (released) = none, both views share the left's."""
+    if stereo.right_condition == "left":
+        return {}
+    z = cond["concat"]
+    warped, holes = forward_warp(z, jnp.broadcast_to(disparity[:, :1], disparity.shape))
+    return {"concat": jnp.where(holes[..., None], z, warped)}
 
 
 def _check_models(models):
@@ -239,7 +250,8 @@ def image_to_stereo_video(models: VideoModels, image, prompt: str, *,
                                     blur_sigma, max_disparity, convergence, dissolve_step,
                                     depth_steps, k_depth)
     d_lat = D.latent_disparity(disparity_px, (lh, lw))
-    out = stages.run("stereo", _stereo_sample, models.unet.params, cond, uncond, x_T, d_lat,
+    out = stages.run("stereo", _stereo_sample, models.unet.params, cond, uncond,
+                     _right_context(cond, d_lat, stereo), x_T, d_lat,
                      plan, k_sample, events, jnp.int32(fs), pred=pred,
                      total=int(events.step.shape[0]), **_statics(models))
     return _finish(models, stages, models.vae.params, out, disparity_px, norm)
@@ -304,7 +316,8 @@ def video_to_stereo_video(models: VideoModels, video, prompt: str, *, steps: int
                                     max_disparity, convergence, dissolve_step, depth_steps,
                                     k_depth)
     d_lat = D.latent_disparity(disparity_px, z0.shape[2:4])
-    out = stages.run("stereo", _stereo_sample, models.unet.params, cond, uncond, x_T, d_lat,
+    out = stages.run("stereo", _stereo_sample, models.unet.params, cond, uncond,
+                     _right_context(cond, d_lat, stereo), x_T, d_lat,
                      plan, k_sample, events, jnp.int32(fs), pred=pred,
                      total=int(events.step.shape[0]), **_statics(models))
     return _finish(models, stages, models.vae.params, out, disparity_px, norm)

@@ -88,6 +88,11 @@ class StereoCrafterZeroConfig:
     cross_view: str = "uni_query"           # released BNAttention(direction='uni'): left queries
     cross_view_window: Tuple[int, Optional[int]] = (0, None)  # paper Sec. 4.1: all steps
     cross_view_counts_evaluations: bool = False  # released: the window counts evaluations
+    # Image condition of the right view (DynamiCrafter's concatenated first-frame latent;
+    # the paper is silent): "warped" = the left one warped by the first frame's disparity,
+    # holes keeping the left's (ours: DynamiCrafter copies its concat image, so an unwarped
+    # one pulls the right view back onto the left's geometry, see DESIGN.md); "left": released.
+    right_condition: str = "warped"
 
     @classmethod
     def released(cls, max_warp_step: int = 40, **overrides) -> "StereoCrafterZeroConfig":
@@ -101,7 +106,8 @@ class StereoCrafterZeroConfig:
             refine_sigma_ratio=True,
             right_noise="reuse_left",
             cross_view_window=(25, 45),         # stereo_att_start_step / end_step
-            cross_view_counts_evaluations=True)
+            cross_view_counts_evaluations=True,
+            right_condition="left")             # both views share the conditioning batch
         base.update(overrides)
         return cls(**base)
 
@@ -112,6 +118,7 @@ class StereoCrafterZeroConfig:
         choice("first_round_fill", ("left", "previous_step"))
         choice("border", ("hard", "blend", "off"))
         choice("right_noise", ("warped", "reuse_left"))
+        choice("right_condition", ("warped", "left"))
         mode_code(self.cross_view, "cross_view")
         if not 1 <= self.restart_steps <= num_steps:
             raise ValueError(f"restart_steps must be in [1, {num_steps}], got {self.restart_steps}")

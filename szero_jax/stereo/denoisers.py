@@ -9,14 +9,16 @@ import jax.numpy as jnp
 from szero_jax.diffusion.guidance import guidance
 
 
-def stereo_cfg_denoiser(model_fn: Callable, cond, uncond, per_step_uncond: bool = False):
+def stereo_cfg_denoiser(model_fn: Callable, cond, uncond, per_step_uncond: bool = False,
+                        right=None):
     """``denoise_fn(x, t, plan_i, cross_view=None)`` from ``model_fn(x, t, context, cross_view)``.
 
     One network call per step: with a cross-view mode, ``x`` is ``[left; right]`` (b rows
     each) and the call sees ``[left_cond, left_uncond, right_cond, right_uncond]``, keeping the
     views view-major with the CFG halves inside each (DESIGN.md); without one, ``x`` is one
     view. ``per_step_uncond``: ``uncond`` has a leading step axis (null-text inversion) and
-    step ``plan_i.step`` is used.
+    step ``plan_i.step`` is used. ``right``: optional dict of context entries that replace
+    ``cond``'s and ``uncond``'s for the right view (e.g. its warped image latent).
     """
     def denoise(x, t, plan_i, cross_view=None):
         u = jax.tree.map(lambda a: a[plan_i.step], uncond) if per_step_uncond else uncond
@@ -26,7 +28,9 @@ def stereo_cfg_denoiser(model_fn: Callable, cond, uncond, per_step_uncond: bool 
         x_v, t_v = rows(x), rows(t)
         both = lambda a: jnp.concatenate([a, a], axis=1).reshape((-1,) + a.shape[2:])
         ctx = jax.tree.map(lambda c, uu: jnp.concatenate([c, uu], axis=0), cond, u)
-        ctx = jax.tree.map(lambda c: jnp.concatenate([c] * views, axis=0), ctx)
+        per_view = [ctx, {**ctx, **{k: jnp.concatenate([v, v], axis=0)
+                                     for k, v in (right or {}).items()}}][:views]
+        ctx = jax.tree.map(lambda *c: jnp.concatenate(c, axis=0), *per_view)
         out = model_fn(both(x_v), both(t_v), ctx, cross_view)
         out = out.reshape((views, 2, b) + x.shape[1:])
         g = guidance(out[:, 0], out[:, 1], plan_i.guidance_scale, plan_i.guidance_rescale)
