@@ -83,8 +83,10 @@ def define_flags():
     flags.DEFINE_integer("num_scenes", 2, "Held-out world scenes (seeds HELDOUT_SEED_START + "
                          "seed_offset + i)")
     flags.DEFINE_integer("seed_offset", 0, "First held-out seed after HELDOUT_SEED_START")
-    flags.DEFINE_integer("height", 64, "Frame height (tiny family: 64; a multiple of 16)")
-    flags.DEFINE_integer("width", 64, "Frame width (a multiple of 16)")
+    from szero_jax import tiny  # pylint: disable=import-outside-toplevel
+    flags.DEFINE_integer("height", tiny.HEIGHT, "Frame height (default: the tiny family's "
+                         "training size; a multiple of 16)")
+    flags.DEFINE_integer("width", tiny.WIDTH, "Frame width (a multiple of 16)")
     flags.DEFINE_integer("frames", 8, "Clip length (the video model's: 8 for the tiny family)")
     flags.DEFINE_integer("steps", 20, "DDIM steps of the diffusion rows (paper: 50; the default "
                          "fits the CPU budget, the paper's K, w and stop step scale by steps/50)")
@@ -201,6 +203,7 @@ def all_rows(quick=False):
             Row("no_dissolve", "ablations", "szero", sharp=True),
             Row("no_crossview", "ablations", "szero", (("cross_view", "none"),)),
             Row("no_warped_noise", "ablations", "szero", (("right_noise", "reuse_left"),)),
+            Row("left_condition", "ablations", "szero", (("right_condition", "left"),)),
             Row("attn_uni", "attention", "szero", (("cross_view", "uni"),)),
             Row("attn_bi", "attention", "szero", (("cross_view", "bi"),))]
     if not quick:
@@ -304,21 +307,26 @@ class VideoRunner:
             events = pad_events(events, *pad_to)
         key = jax.random.split(jax.random.PRNGKey(self.seed))[0]  # the pipeline's k_sample
         sample = _szero_cond_only if self.cond_only else self.V._stereo_sample
-        out = sample(self.models.unet.params, cond, uncond, x_T,
-                     self.latent_disparity(disparity_px, z0), self.plan, key, events, self.fs,
-                     pred=self.pred, **self.statics)
+        d_lat = self.latent_disparity(disparity_px, z0)
+        out = sample(self.models.unet.params, cond, uncond,
+                     self.V._right_context(cond, d_lat, config), x_T, d_lat, self.plan, key,
+                     events, self.fs, pred=self.pred, **self.statics)
         both = self.decode(jnp.concatenate([out.left, out.right], axis=0))
         return both[0], both[1], nfe
 
     def stereodiffusion(self, prep, disparity_px, config=None):
-        from szero_jax.stereo import StereoDiffusionConfig, build_stereodiffusion_events
+        from szero_jax.stereo import (StereoCrafterZeroConfig, StereoDiffusionConfig,
+                                      build_stereodiffusion_events)
         z0, cond, uncond, x_T = prep
         config = config or StereoDiffusionConfig()
         events = build_stereodiffusion_events(config, self.plan.num_steps)
         key = jax.random.PRNGKey(self.seed)
-        out = _sd_sample(self.models.unet.params, cond, uncond, x_T,
-                         self.latent_disparity(disparity_px, z0), self.plan, key, events,
-                         self.fs, pred=self.pred, cond_only=self.cond_only, **self.statics)
+        d_lat = self.latent_disparity(disparity_px, z0)
+        # the video model's image condition for the right view, as in StereoCrafter-Zero
+        right = self.V._right_context(cond, d_lat, StereoCrafterZeroConfig())
+        out = _sd_sample(self.models.unet.params, cond, uncond, right, x_T, d_lat, self.plan,
+                         key, events, self.fs, pred=self.pred, cond_only=self.cond_only,
+                         **self.statics)
         both = self.decode(jnp.concatenate([out.left, out.right], axis=0))
         return both[0], both[1], int(events.action.shape[0])
 
@@ -411,37 +419,37 @@ def buckets(sizes, n_buckets):
     return out
 
 
-def cond_only_denoiser(model_fn, cond):
+def cond_only_denoiser(model_fn, cond, right=None):
     """A stereo denoiser without the unconditional half: what ``stereo_cfg_denoiser``
     returns at guidance 1 (no rescale), in half the network work."""
     def denoise(x, t, plan_i, cross_view=None):
         views = 1 if cross_view is None else 2
-        ctx = jax.tree.map(lambda c: jnp.concatenate([c] * views, axis=0), cond)
+        ctx = jax.tree.map(lambda *c: jnp.concatenate(c, axis=0), *[cond, {**cond, **(right or {})}][:views])
         return model_fn(x, t, ctx, cross_view)
     return denoise
 
 
-def _denoiser(params, cond, uncond, fs, unet_cfg, dtype, cond_only):
+def _denoiser(params, cond, uncond, right, fs, unet_cfg, dtype, cond_only):
     from szero_jax.pipelines.conditioning import video_model_fn
     from szero_jax.stereo import stereo_cfg_denoiser
     model_fn = video_model_fn(unet_cfg, dtype, params, fs, "stereo")
-    return cond_only_denoiser(model_fn, cond) if cond_only else stereo_cfg_denoiser(
-        model_fn, cond, uncond)
+    return cond_only_denoiser(model_fn, cond, right) if cond_only else stereo_cfg_denoiser(
+        model_fn, cond, uncond, right=right)
 
 
 @functools.partial(jax.jit, static_argnames=("unet_cfg", "dtype", "pred"))
-def _szero_cond_only(params, cond, uncond, x_T, disparity, plan, key, events, fs, *, unet_cfg,
-                     dtype, pred):
+def _szero_cond_only(params, cond, uncond, right, x_T, disparity, plan, key, events, fs, *,
+                     unet_cfg, dtype, pred):
     from szero_jax.stereo import stereocrafter_zero_run
-    denoise = _denoiser(params, cond, uncond, fs, unet_cfg, dtype, True)
+    denoise = _denoiser(params, cond, uncond, right, fs, unet_cfg, dtype, True)
     return stereocrafter_zero_run(denoise, x_T, disparity, plan, key, events, pred)
 
 
 @functools.partial(jax.jit, static_argnames=("unet_cfg", "dtype", "pred", "cond_only"))
-def _sd_sample(params, cond, uncond, x_T, disparity, plan, key, events, fs, *, unet_cfg, dtype,
-               pred, cond_only=True):
+def _sd_sample(params, cond, uncond, right, x_T, disparity, plan, key, events, fs, *, unet_cfg,
+               dtype, pred, cond_only=True):
     from szero_jax.stereo import stereodiffusion_run
-    denoise = _denoiser(params, cond, uncond, fs, unet_cfg, dtype, cond_only)
+    denoise = _denoiser(params, cond, uncond, right, fs, unet_cfg, dtype, cond_only)
     return stereodiffusion_run(denoise, x_T, disparity, plan, key, events, pred)
 
 
