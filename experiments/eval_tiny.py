@@ -32,7 +32,6 @@ from szero_jax.stereo import dissolve_depth
 
 VIDEO_T_GRID = (100, 300, 500, 700, 900)  # timesteps of the held-out denoising loss
 DDIM_STEPS = 25  # sampling steps of the sample grid
-CFG_SCALE = 7.5  # DynamiCrafter inference default unconditional_guidance_scale
 CFG_RESCALE = 0.7  # DynamiCrafter 512 run script guidance_rescale
 DEPTH_STEPS = 5  # DepthCrafter run.py num_inference_steps
 DEPTH_GUIDANCE = 1.2  # StereoCrafter-Zero's DepthCrafter guidance (REFERENCES.md)
@@ -132,7 +131,7 @@ def run(tiny_dir, num_eval, height, width, frames, docs_dir):
     # --- video samples (DDIM + CFG) for the grid
     n_show = min(4, num_eval)
     plan = make_ddim_plan(dynamicrafter_schedule(), DDIM_STEPS, "uniform_trailing",
-                          guidance_scale=CFG_SCALE, guidance_rescale=CFG_RESCALE)
+                          guidance_scale=video_cfg.guidance, guidance_rescale=CFG_RESCALE)
     sl = slice(0, n_show)
     model_fn = lambda x, t, c: unet.apply(p["video_unet"], jnp.concatenate([x, c["concat"]], -1), t,
                                           c["text"], c["fs"])
@@ -153,7 +152,7 @@ def run(tiny_dir, num_eval, height, width, frames, docs_dir):
     Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(
         docs / "tiny_samples.png")
     m["samples"] = {"png": str(docs / "tiny_samples.png"), "captions": list(data.caption[:n_show]),
-                    "ddim_steps": DDIM_STEPS, "cfg": CFG_SCALE, "guidance_rescale": CFG_RESCALE,
+                    "ddim_steps": DDIM_STEPS, "cfg": video_cfg.guidance, "guidance_rescale": CFG_RESCALE,
                     "first_frame_l1_to_condition": float(np.mean(np.abs(gen[:, 1:] - video[:n_show, :1]))),
                     "gt_l1_to_first_frame": float(np.mean(np.abs(video[:n_show, 1:] - video[:n_show, :1])))}
 
