@@ -37,8 +37,9 @@ flags.DEFINE_integer("fs", None, "Frame-stride condition (default: the model's, 
 flags.DEFINE_string("depth", None, "Optional depth .npy [T, H, W] instead of the depth model "
                     "(default: none, the depth model runs)")
 flags.DEFINE_enum("depth_kind", "depth", ["depth", "disparity"], "Meaning of --depth values")
-flags.DEFINE_float("max_disparity", 0.08, "Near-to-far disparity, fraction of the width "
-                   "(StereoCrafter-Zero default scale 8)")
+flags.DEFINE_float("max_disparity", None, "Near-to-far disparity, fraction of the width "
+                   "(default: the checkpoint's: 0.08 = StereoCrafter-Zero's scale 8; 0.16 for "
+                   "the tiny family, the same shift in latent pixels)")
 flags.DEFINE_float("convergence", None, "Zero-parallax plane in [0, 1] (default: far plane)")
 flags.DEFINE_integer("dissolve_step", 20, "Dissolve level of the depth (0 = off; released "
                      "examples 5-30)")
@@ -182,7 +183,9 @@ def main(argv):
                 "steps", "guidance", "guidance_rescale", "eta", "fs", "seed", "dtype",
                 "max_disparity", "convergence", "dissolve_step", "depth_steps", "preset",
                 "depth", "depth_kind", "fps")}
-            | {"guidance": models.config.guidance if FLAGS.guidance is None else FLAGS.guidance},
+            | {"guidance": models.config.guidance if FLAGS.guidance is None else FLAGS.guidance,
+               "max_disparity": models.config.max_disparity if FLAGS.max_disparity is None
+               else FLAGS.max_disparity},
             "stereo_config": {k: (list(v) if isinstance(v, tuple) else v)
                               for k, v in vars(stereo).items()},
             "timings_s": {"load_models": load_s, **res.timings},

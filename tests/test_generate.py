@@ -23,7 +23,7 @@ def _run(module, *args, timeout=900):
 @pytest.mark.parametrize("module, expected", [
     ("generate", {"--checkpoint": "'tiny'", "--output_dir": "'out/demo'", "--seed": "'0'",
                   "--format": "'sbs'", "--dtype": "'float32'", "--steps": "'50'",
-                  "--eta": "'1.0'", "--max_disparity": "'0.08'",
+                  "--eta": "'1.0'",
                   "--dissolve_step": "'20'"}),
     ("generate_image", {"--mode": "'text'", "--steps": "'50'", "--format": "'sbs'",
                         "--attention": "'uni'", "--random_weights_for_testing": "'false'"}),
@@ -38,6 +38,8 @@ def test_help_lists_flags_with_defaults(module, expected):
     if module == "generate":   # default None: the checkpoint's guidance, stated in the help
         i = text.find("  --guidance:")
         assert "7.5 from" in text[i:i + 300] and "1.0 for the" in text[i:i + 300]
+        i = text.find("  --max_disparity:")
+        assert "0.08 =" in text[i:i + 300] and "0.16 for" in text[i:i + 300]
 
 
 def test_generate_image_without_checkpoint_fails_clearly(tmp_path):

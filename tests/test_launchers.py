@@ -241,7 +241,8 @@ def test_generate_interrupted_while_writing_leaves_no_outputs(tmp_path, monkeypa
                                  np.ones((t, h, w), np.float32), np.zeros((t, h, w), bool),
                                  rng.random((t, h, w), np.float32), {})
     monkeypatch.setattr(pipelines, "image_to_stereo_video", lambda *a, **k: fake)
-    bundle = types.SimpleNamespace(config=types.SimpleNamespace(guidance=7.5))  # what main reads
+    # what main reads
+    bundle = types.SimpleNamespace(config=types.SimpleNamespace(guidance=7.5, max_disparity=0.08))
     monkeypatch.setattr(generate, "_models", lambda: bundle)
     monkeypatch.setattr(generate, "_input_image", lambda models: fake.left[0])
     calls = []

@@ -131,6 +131,9 @@ class DynamiCrafterConfig:
     base_scale: float = 0.7  # inference_512_v1.0.yaml
     perframe_ae: bool = True  # inference_512_v1.0.yaml
     guidance: float = 7.5  # sampling default: scripts/run.sh unconditional_guidance_scale
+    # Stereo default: near-to-far disparity as a fraction of the width, StereoCrafter-Zero
+    # stereo_utils.py scale 8 (% of the latent width: up to 5 latent pixels at 512).
+    max_disparity: float = 0.08
 
 
 register("dynamicrafter_256", DynamiCrafterConfig(

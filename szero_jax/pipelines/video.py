@@ -34,7 +34,6 @@ STEPS = 50                # DynamiCrafter scripts/run.sh ddim_steps
 GUIDANCE_RESCALE = 0.7    # DynamiCrafter scripts/run.sh guidance_rescale
 ETA = 1.0                 # DynamiCrafter scripts/run.sh ddim_eta
 SPACING = "uniform_trailing"  # DynamiCrafter scripts/run.sh timestep_spacing
-MAX_DISPARITY = 0.08      # StereoCrafter-Zero stereo_utils.py default scale 8 (% of width)
 
 
 class StereoVideo(NamedTuple):
@@ -192,7 +191,7 @@ def image_to_stereo_video(models: VideoModels, image, prompt: str, *,
                           eta: float = ETA, fs: Optional[int] = None, seed: int = 0,
                           depth=None, depth_kind: str = "depth", blur_sigma: float = 4.0,
                           stereo: StereoCrafterZeroConfig = StereoCrafterZeroConfig(),
-                          max_disparity: float = MAX_DISPARITY,
+                          max_disparity: Optional[float] = None,
                           convergence: Optional[float] = None,
                           dissolve_step: int = D.DISSOLVE_STEP, depth_steps: int = D.DEPTH_STEPS,
                           callback: Callback = None) -> StereoVideo:
@@ -203,7 +202,8 @@ def image_to_stereo_video(models: VideoModels, image, prompt: str, *,
     [T, H, W] map of kind ``depth_kind`` ("depth": larger is farther; "disparity": larger is
     nearer), blurred by ``blur_sigma`` px (0 = off); without it the bundle's depth model
     runs on the left video (``depth_steps`` Euler steps, then dissolved at
-    ``dissolve_step``, 0 = off). max_disparity: near-to-far span as a fraction of the width;
+    ``dissolve_step``, 0 = off). max_disparity: near-to-far span as a fraction of the width
+    (default: the checkpoint config's, 0.08 = StereoCrafter-Zero's scale 8);
     convergence: None = far plane at zero disparity. guidance: CFG scale (default: the
     checkpoint config's, 7.5 for DynamiCrafter). callback(stage, done, total): progress.
     """
@@ -218,6 +218,7 @@ def image_to_stereo_video(models: VideoModels, image, prompt: str, *,
                          f"Resampler's video_length), got {t}")
     fs = models.unet.config.default_fs if fs is None else fs
     guidance = models.config.guidance if guidance is None else guidance
+    max_disparity = models.config.max_disparity if max_disparity is None else max_disparity
     _check_depth_source(models, depth, depth_kind)
     events = _check_common(models, steps, eta, guidance, fs, max_disparity, convergence,
                            dissolve_step, stereo, steps)
@@ -262,7 +263,7 @@ def video_to_stereo_video(models: VideoModels, video, prompt: str, *, steps: int
                           seed: int = 0, depth=None, depth_kind: str = "depth",
                           blur_sigma: float = 4.0,
                           stereo: StereoCrafterZeroConfig = StereoCrafterZeroConfig(),
-                          max_disparity: float = MAX_DISPARITY,
+                          max_disparity: Optional[float] = None,
                           convergence: Optional[float] = None,
                           dissolve_step: int = D.DISSOLVE_STEP, depth_steps: int = D.DEPTH_STEPS,
                           callback: Callback = None) -> StereoVideo:
@@ -288,6 +289,7 @@ def video_to_stereo_video(models: VideoModels, video, prompt: str, *, steps: int
     if not isinstance(start_step, (int, np.integer)) or not 0 <= start_step < steps - 1:
         raise ValueError(f"start_step: expected an int in [0, {steps - 1}), got {start_step!r}")
     fs = models.unet.config.default_fs if fs is None else fs
+    max_disparity = models.config.max_disparity if max_disparity is None else max_disparity
     _check_depth_source(models, depth, depth_kind)
     events = _check_common(models, steps, 0.0, guidance, fs, max_disparity, convergence,
                            dissolve_step, stereo, steps - start_step)
