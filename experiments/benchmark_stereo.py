@@ -424,7 +424,10 @@ def cond_only_denoiser(model_fn, cond, right=None):
     returns at guidance 1 (no rescale), in half the network work."""
     def denoise(x, t, plan_i, cross_view=None):
         views = 1 if cross_view is None else 2
-        ctx = jax.tree.map(lambda *c: jnp.concatenate(c, axis=0), *[cond, {**cond, **(right or {})}][:views])
+        per_view = [cond] * views
+        if right and views == 2:
+            per_view[1] = {**cond, **right}
+        ctx = jax.tree.map(lambda *c: jnp.concatenate(c, axis=0), *per_view)
         return model_fn(x, t, ctx, cross_view)
     return denoise
 

@@ -340,15 +340,16 @@ def stage_video(data, work_dir):
                          jnp.concatenate([text, img], 1), batch["fs"])
         return jnp.mean((out - v) ** 2), {}
 
-    k1, k2 = jax.random.split(jax.random.PRNGKey(FLAGS.seed + 2))
-    b0 = batch_fn(np.random.default_rng(0))
-    params = {"resampler": jax.jit(Resampler(tiny.RESAMPLER).init)(k1, jnp.zeros((1, 65, tiny.WIDTH_EMBED)))}
     frozen = {"text": text_params, "vision": vis_params, "null_text": null_text(text_params)}
-    text, img = jax.jit(video_context)(params, frozen, b0["tokens"][:1], b0["image"][:1])
-    params["unet"] = jax.jit(unet.init)(k2, jnp.zeros((1,) + b0["z"].shape[1:-1] + (8,)), jnp.zeros((1,)),
-                               jnp.concatenate([text, img], 1), jnp.ones((1,)))
     if FLAGS.init_from:
         params = {"resampler": initial("resampler"), "unet": initial("video_unet")}
+    else:
+        k1, k2 = jax.random.split(jax.random.PRNGKey(FLAGS.seed + 2))
+        b0 = batch_fn(np.random.default_rng(0))
+        params = {"resampler": jax.jit(Resampler(tiny.RESAMPLER).init)(k1, jnp.zeros((1, 65, tiny.WIDTH_EMBED)))}
+        text, img = jax.jit(video_context)(params, frozen, b0["tokens"][:1], b0["image"][:1])
+        params["unet"] = jax.jit(unet.init)(k2, jnp.zeros((1,) + b0["z"].shape[1:-1] + (8,)), jnp.zeros((1,)),
+                                            jnp.concatenate([text, img], 1), jnp.ones((1,)))
     params = train("video", params, loss_fn, batch_fn, frozen, steps_for("video"), work_dir)
     save("resampler", params["resampler"], tiny.RESAMPLER)
     save("video_unet", params["unet"], dataclasses.replace(tiny.VIDEO, scale_factor=vae_cfg.scaling_factor))
@@ -407,11 +408,12 @@ def stage_depth(data, work_dir):
         w = (sigma ** 2 + 1) / sigma ** 2  # EDM weight: plain MSE on the v target
         return jnp.mean(w * jnp.mean((pred - x0) ** 2, axis=(1, 2, 3, 4))), {}
 
-    b0 = batch_fn(np.random.default_rng(0))
-    params = jax.jit(unet.init)(jax.random.PRNGKey(FLAGS.seed + 3), jnp.zeros((1,) + b0["depth"].shape[1:-1] + (8,)),
-                       jnp.zeros((1,)), jnp.asarray(b0["embeds"][:1]))
     if FLAGS.init_from:
         params = initial("depth_unet")
+    else:
+        b0 = batch_fn(np.random.default_rng(0))
+        params = jax.jit(unet.init)(jax.random.PRNGKey(FLAGS.seed + 3), jnp.zeros((1,) + b0["depth"].shape[1:-1] + (8,)),
+                                    jnp.zeros((1,)), jnp.asarray(b0["embeds"][:1]))
     params = train("depth", params, loss_fn, batch_fn, None, steps_for("depth"), work_dir)
     save("depth_unet", params, tiny.DEPTH_UNET)
 

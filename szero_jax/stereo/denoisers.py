@@ -28,8 +28,9 @@ def stereo_cfg_denoiser(model_fn: Callable, cond, uncond, per_step_uncond: bool 
         x_v, t_v = rows(x), rows(t)
         both = lambda a: jnp.concatenate([a, a], axis=1).reshape((-1,) + a.shape[2:])
         ctx = jax.tree.map(lambda c, uu: jnp.concatenate([c, uu], axis=0), cond, u)
-        per_view = [ctx, {**ctx, **{k: jnp.concatenate([v, v], axis=0)
-                                     for k, v in (right or {}).items()}}][:views]
+        per_view = [ctx] * views
+        if right and views == 2:
+            per_view[1] = {**ctx, **{k: jnp.concatenate([v, v], axis=0) for k, v in right.items()}}
         ctx = jax.tree.map(lambda *c: jnp.concatenate(c, axis=0), *per_view)
         out = model_fn(both(x_v), both(t_v), ctx, cross_view)
         out = out.reshape((views, 2, b) + x.shape[1:])
