@@ -1,24 +1,27 @@
-"""absl flags shared by the launchers (generate, generate_image, convert, evaluate) and the
-helpers that act on them: output folders written atomically, stereo formats, compute dtype,
-the persistent compilation cache.
+"""absl flags shared by the launchers and converters, and the helpers that act on them:
+output folders written atomically, stereo formats, compute dtype, the persistent
+compilation cache, and the config objects built from the sampling / depth / stereo flags.
 
-Each launcher calls ``define_*`` for the flags it takes, at import time of its module
-(``python -m experiments.<name>``), so ``--help`` lists them with their defaults and
-``--flagfile`` works (absl reads it). Defining a flag twice in one process is an error in
-absl, so the defines are idempotent here (a second call is a no-op): the tests import every
-launcher into one interpreter.
+One way to define flags: every flag that more than one launcher takes is defined here,
+once, when this module is imported; a launcher lists the ones it takes with
+``declare(...)`` (absl's ``declare_key_flag``, so its ``--help`` shows them) and defines its
+own flags at module level with ``flags.DEFINE_*``. A launcher with other defaults sets them
+with ``set_defaults`` under ``if __name__ == "__main__"``. Defaults of the sampling and
+depth flags are read from ``szero_jax.pipelines.config`` (written there once, with sources).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
-import sys
 import tempfile
 import uuid
 from pathlib import Path
 
 from absl import flags
+
+from szero_jax.pipelines.config import DEPTH_KINDS, DepthConfig, SamplingConfig
 
 FLAGS = flags.FLAGS
 
@@ -28,99 +31,101 @@ FORMATS = ("sbs", "half-sbs", "tb", "anaglyph", "all")
 ALL_FORMATS = ("sbs", "half-sbs", "tb", "anaglyph")
 DTYPES = ("float32", "bfloat16")
 TINY = "tiny"   # --checkpoint value meaning the shipped tiny family (szero_jax/assets/tiny)
+_S, _D = SamplingConfig(), DepthConfig()
+
+flags.DEFINE_string("checkpoint", TINY, "Checkpoint: a converted model directory "
+                    "(szero_jax.checkpoints format), or for the converters the source file / "
+                    f"folder; '{TINY}' = the shipped tiny family")
+flags.DEFINE_string("output_dir", "out", "Folder the outputs are written to (created if "
+                    "missing; files appear only when complete)")
+flags.DEFINE_integer("seed", _S.seed, "Random seed (same inputs + seed = same output)")
+flags.DEFINE_enum("format", "sbs", FORMATS, "Stereo layout of the combined output: "
+                  "side-by-side, half-width SBS, top-bottom, red-cyan anaglyph, or all of them")
+flags.DEFINE_enum("dtype", "float32", DTYPES, "Compute dtype of the networks (converters: the "
+                  "dtype the params are stored in)")
+flags.DEFINE_string("compilation_cache_dir", None, "Persistent XLA compilation cache folder "
+                    "(reused across runs; default None: no cache)")
+# Sampling (SamplingConfig) ------------------------------------------------------------
+flags.DEFINE_integer("steps", _S.steps, "DDIM steps (DynamiCrafter scripts/run.sh; "
+                     "StereoDiffusion scripts)")
+flags.DEFINE_float("guidance", _S.guidance, "CFG scale (default None: the checkpoint's or the "
+                   "mode's: 7.5 DynamiCrafter run.sh, 1.0 the tiny family; SD 9.0 text, 7.5 "
+                   "image / depth)")
+flags.DEFINE_float("guidance_rescale", _S.guidance_rescale, "Guidance rescale (DynamiCrafter "
+                   "scripts/run.sh)")
+flags.DEFINE_float("eta", _S.eta, "DDIM eta (DynamiCrafter scripts/run.sh)")
+flags.DEFINE_integer("fs", _S.fs, "Frame-stride condition (default None: the model's, 24 at 512)")
+# Depth (DepthConfig) -------------------------------------------------------------------
+flags.DEFINE_string("depth", None, "Optional depth map instead of the depth model (default "
+                    "None: the depth model runs)")
+flags.DEFINE_enum("depth_kind", _D.kind, DEPTH_KINDS, "Meaning of --depth values: depth "
+                  "(larger = farther) or disparity (larger = nearer)")
+flags.DEFINE_float("blur_sigma", _D.blur_sigma, "Gaussian low-pass (px) of a given depth map "
+                   "(paper Sec. 4.3 fallback; 0 = off)")
+flags.DEFINE_float("max_disparity", _D.max_disparity, "Near-to-far disparity, fraction of the "
+                   "width (default None: the checkpoint's: 0.08 = StereoCrafter-Zero's scale 8; "
+                   "0.16 for the tiny family, the same shift in latent pixels)")
+flags.DEFINE_float("convergence", _D.convergence, "Zero-parallax plane in [0, 1] (default "
+                   "None: the far plane)")
+flags.DEFINE_integer("dissolve_step", _D.dissolve_step, "Dissolve level of the model depth "
+                     "(0 = off; released examples 5-30)")
+flags.DEFINE_integer("depth_steps", _D.steps, "Euler steps of the depth model (DepthCrafter "
+                     "run.py)")
+# StereoCrafter-Zero (StereoCrafterZeroConfig) ------------------------------------------
+flags.DEFINE_enum("preset", "paper", ["paper", "released"], "StereoCrafter-Zero settings")
+flags.DEFINE_integer("restart_steps", None, "K (default None: the preset's)")
+flags.DEFINE_integer("restart_rounds", None, "L (default None: the preset's)")
+flags.DEFINE_integer("refine_rounds", None, "N (default None: the preset's)")
+flags.DEFINE_integer("warp_every", None, "w (default None: the preset's)")
+flags.DEFINE_enum("cross_view", None, ["none", "uni", "uni_query", "bi", "swap"],
+                  "Cross-view attention mode (default None: the preset's)")
+flags.DEFINE_enum("right_condition", None, ["warped", "left"], "Right view's image "
+                  "condition: the warped first-frame latent, or the left's as released "
+                  "(default None: the preset's)")
+flags.DEFINE_bool("random_weights_for_testing", False,
+                  "Random tiny-architecture weights instead of a checkpoint (tests only)")
+
+SAMPLING_FLAGS = ("steps", "guidance", "guidance_rescale", "eta", "fs", "seed")
+DEPTH_FLAGS = ("depth", "depth_kind", "blur_sigma", "max_disparity", "convergence",
+               "dissolve_step", "depth_steps")
+STEREO_FLAGS = ("preset", "restart_steps", "restart_rounds", "refine_rounds", "warp_every",
+                "cross_view", "right_condition")
 
 
-def _caller_module() -> str:
-    """The module calling define_* (absl names the main module by sys.argv[0])."""
-    frame = sys._getframe(1)  # pylint: disable=protected-access
-    while frame is not None and frame.f_globals.get("__name__") == __name__:
-        frame = frame.f_back
-    name = frame.f_globals.get("__name__", "") if frame is not None else ""
-    return sys.argv[0] if name == "__main__" else name
+def declare(*names: str) -> None:
+    """Makes shared flags key flags of the calling launcher (its --help lists them)."""
+    for name in names:
+        flags.declare_key_flag(name)
 
 
-def _once(name: str) -> bool:
-    """True if ``name`` is still to be defined; either way ``name`` becomes a key flag of
-    the calling launcher, so its ``--help`` lists it."""
-    module = _caller_module()
-    if name in FLAGS:
-        FLAGS.register_key_flag_for_module(module, FLAGS[name])
-        return False
-    _PENDING.append((module, name))
-    return True
+def set_defaults(**defaults) -> None:
+    """A launcher's own defaults of shared flags (call before app.run)."""
+    for name, value in defaults.items():
+        FLAGS.set_default(name, value)
 
 
-_PENDING: list = []
+def sampling_config(base: SamplingConfig = SamplingConfig()) -> SamplingConfig:
+    """``base`` with the sampling flags that were given on the command line."""
+    given = {k: FLAGS[k].value for k in SAMPLING_FLAGS if FLAGS[k].present}
+    return dataclasses.replace(base, **given).validate()
 
 
-def _register_pending() -> None:
-    while _PENDING:
-        module, name = _PENDING.pop()
-        FLAGS.register_key_flag_for_module(module, FLAGS[name])
+def depth_config(base: DepthConfig = DepthConfig()) -> DepthConfig:
+    """``base`` with the depth flags that were given on the command line."""
+    names = {"depth_kind": "kind", "blur_sigma": "blur_sigma", "max_disparity": "max_disparity",
+             "convergence": "convergence", "dissolve_step": "dissolve_step",
+             "depth_steps": "steps"}
+    given = {field: FLAGS[f].value for f, field in names.items() if FLAGS[f].present}
+    return dataclasses.replace(base, **given).validate()
 
 
-def define_checkpoint(default: str | None = TINY,
-                      help_text: str = "Model checkpoint directory (szero_jax.checkpoints "
-                                       "format, e.g. written by experiments/convert.py); "
-                                       f"'{TINY}' = the shipped tiny family") -> None:
-    if _once("checkpoint"):
-        flags.DEFINE_string("checkpoint", default, help_text)
-        _register_pending()
-
-
-def define_output_dir(default: str | None = "out",
-                      help_text: str = "Folder the outputs are written to (created if missing; "
-                                       "files appear only when complete)") -> None:
-    if _once("output_dir"):
-        flags.DEFINE_string("output_dir", default, help_text)
-        _register_pending()
-
-
-def define_seed(default: int = 0) -> None:
-    if _once("seed"):
-        flags.DEFINE_integer("seed", default, "Random seed (same inputs + seed = same output)")
-        _register_pending()
-
-
-def define_format(default: str = "sbs") -> None:
-    if _once("format"):
-        flags.DEFINE_enum("format", default, FORMATS,
-                          "Stereo layout of the combined output: side-by-side, half-width SBS, "
-                          "top-bottom, red-cyan anaglyph, or all of them")
-        _register_pending()
-
-
-def define_dtype(default: str = "float32",
-                 help_text: str = "Compute dtype of the networks (params stay float32)") -> None:
-    if _once("dtype"):
-        flags.DEFINE_enum("dtype", default, DTYPES, help_text)
-        _register_pending()
-
-
-def define_compilation_cache_dir(default: str | None = None) -> None:
-    if _once("compilation_cache_dir"):
-        flags.DEFINE_string("compilation_cache_dir", default,
-                            "Persistent XLA compilation cache folder (reused across runs; "
-                            "unset (default): no cache)")
-        _register_pending()
-
-
-def define_common(*, checkpoint: bool = True, output_dir: bool = True, seed: bool = True,
-                  fmt: bool = True, dtype: bool = True, cache: bool = True) -> None:
-    """The common flags of issue 6: --checkpoint --output_dir --seed --format --dtype
-    --compilation_cache_dir (each can be left out)."""
-    if checkpoint:
-        define_checkpoint()
-    if output_dir:
-        define_output_dir()
-    if seed:
-        define_seed()
-    if fmt:
-        define_format()
-    if dtype:
-        define_dtype()
-    if cache:
-        define_compilation_cache_dir()
+def stereo_config():
+    """StereoCrafterZeroConfig of --preset with the given K, L, N, w, mode overrides."""
+    from szero_jax.stereo import StereoCrafterZeroConfig  # pylint: disable=import-outside-toplevel
+    base = (StereoCrafterZeroConfig.released() if FLAGS.preset == "released"
+            else StereoCrafterZeroConfig())
+    over = {k: getattr(FLAGS, k) for k in STEREO_FLAGS[1:] if getattr(FLAGS, k) is not None}
+    return dataclasses.replace(base, **over)
 
 
 # ----------------------------------------------------------------------------- helpers

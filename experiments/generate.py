@@ -23,39 +23,11 @@ from experiments import common_flags as cf
 
 SAMPLES = Path(__file__).resolve().parents[1] / "szero_jax" / "assets" / "samples"
 
-cf.define_output_dir("out/demo")
-cf.define_common()
+cf.declare("checkpoint", "output_dir", "seed", "format", "dtype", "compilation_cache_dir",
+           "random_weights_for_testing", *cf.SAMPLING_FLAGS, *cf.DEPTH_FLAGS, *cf.STEREO_FLAGS)
 flags.DEFINE_string("image", str(SAMPLES / "demo.png"), "Input image (first frame)")
-flags.DEFINE_string("prompt", None, "Text prompt (default: the bundled sample's caption)")
-flags.DEFINE_integer("num_frames", None, "Frames (default and only choice: the model's clip length)")
-flags.DEFINE_integer("steps", 50, "DDIM steps (DynamiCrafter scripts/run.sh)")
-flags.DEFINE_float("guidance", None, "CFG scale (default: the checkpoint's: 7.5 from "
-                   "DynamiCrafter scripts/run.sh; 1.0 for the undertrained tiny family)")
-flags.DEFINE_float("guidance_rescale", 0.7, "Guidance rescale (DynamiCrafter scripts/run.sh)")
-flags.DEFINE_float("eta", 1.0, "DDIM eta (DynamiCrafter scripts/run.sh)")
-flags.DEFINE_integer("fs", None, "Frame-stride condition (default: the model's, 24 at 512)")
-flags.DEFINE_string("depth", None, "Optional depth .npy [T, H, W] instead of the depth model "
-                    "(default: none, the depth model runs)")
-flags.DEFINE_enum("depth_kind", "depth", ["depth", "disparity"], "Meaning of --depth values")
-flags.DEFINE_float("max_disparity", None, "Near-to-far disparity, fraction of the width "
-                   "(default: the checkpoint's: 0.08 = StereoCrafter-Zero's scale 8; 0.16 for "
-                   "the tiny family, the same shift in latent pixels)")
-flags.DEFINE_float("convergence", None, "Zero-parallax plane in [0, 1] (default: far plane)")
-flags.DEFINE_integer("dissolve_step", 20, "Dissolve level of the depth (0 = off; released "
-                     "examples 5-30)")
-flags.DEFINE_integer("depth_steps", 5, "Euler steps of the depth model (DepthCrafter run.py)")
-flags.DEFINE_enum("preset", "paper", ["paper", "released"], "StereoCrafter-Zero settings")
-flags.DEFINE_integer("restart_steps", None, "K (default: the preset's)")
-flags.DEFINE_integer("restart_rounds", None, "L (default: the preset's)")
-flags.DEFINE_integer("refine_rounds", None, "N (default: the preset's)")
-flags.DEFINE_integer("warp_every", None, "w (default: the preset's)")
-flags.DEFINE_enum("cross_view", None, ["none", "uni", "uni_query", "bi", "swap"],
-                  "Cross-view attention mode (default: the preset's)")
-flags.DEFINE_enum("right_condition", None, ["warped", "left"], "Right view's image condition: "
-                  "the warped first-frame latent, or the left's as released (default: preset's)")
+flags.DEFINE_string("prompt", None, "Text prompt (default None: the bundled sample's caption)")
 flags.DEFINE_float("fps", 8.0, "Output frame rate (StereoCrafter-Zero save_fps)")
-flags.DEFINE_bool("random_weights_for_testing", False,
-                  "Use random tiny-family weights instead of a checkpoint (tests only)")
 FLAGS = flags.FLAGS
 
 
@@ -81,17 +53,6 @@ def _models():
         return pipelines.random_video_models(jax.random.PRNGKey(FLAGS.seed), tiny.VIDEO, tiny.VAE,
                                              tiny.TEXT, tiny.VISION, tiny.DEPTH_UNET, FLAGS.dtype)
     return pipelines.load_video_models(cf.checkpoint_path(FLAGS.checkpoint), FLAGS.dtype)
-
-
-def _stereo_config():
-    from szero_jax.stereo import StereoCrafterZeroConfig  # pylint: disable=import-outside-toplevel
-    base = (StereoCrafterZeroConfig.released() if FLAGS.preset == "released"
-            else StereoCrafterZeroConfig())
-    over = {k: getattr(FLAGS, k) for k in ("restart_steps", "restart_rounds", "refine_rounds",
-                                           "warp_every", "cross_view", "right_condition")
-            if getattr(FLAGS, k) is not None}
-    import dataclasses  # pylint: disable=import-outside-toplevel
-    return dataclasses.replace(base, **over)
 
 
 def _input_image(models):
@@ -150,7 +111,7 @@ def main(argv):
     formats = cf.formats(FLAGS.format)
     cf.check_output_dir(FLAGS.output_dir)
     prompt = _prompt()
-    stereo = _stereo_config()
+    sampling, depth_cfg, stereo = cf.sampling_config(), cf.depth_config(), cf.stereo_config()
     t0 = time.perf_counter()
     models = _models()
     load_s = time.perf_counter() - t0
@@ -158,11 +119,8 @@ def main(argv):
     depth = None if FLAGS.depth is None else np.load(FLAGS.depth, allow_pickle=False)
     print(f"prompt: {prompt!r}")
     res = pipelines.image_to_stereo_video(
-        models, image, prompt, num_frames=FLAGS.num_frames, steps=FLAGS.steps,
-        guidance=FLAGS.guidance, guidance_rescale=FLAGS.guidance_rescale, eta=FLAGS.eta,
-        fs=FLAGS.fs, seed=FLAGS.seed, depth=depth, depth_kind=FLAGS.depth_kind, stereo=stereo,
-        max_disparity=FLAGS.max_disparity, convergence=FLAGS.convergence,
-        dissolve_step=FLAGS.dissolve_step, depth_steps=FLAGS.depth_steps, callback=_progress())
+        models, image, prompt, sampling=sampling, depth=depth_cfg, stereo=stereo,
+        depth_map=depth, callback=_progress())
     names = []
     with cf.staged_outputs(FLAGS.output_dir) as tmp:
         fps = FLAGS.fps
@@ -203,4 +161,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    cf.set_defaults(output_dir="out/demo")
     app.run(main)

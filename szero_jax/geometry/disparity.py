@@ -8,6 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def minmax_signed(v, axes=None):
+    """Min-max of ``v`` over ``axes`` (default: all) to [-1, 1]: the depth2img condition
+    map (diffusers ``StableDiffusionDepth2ImgPipeline``) and DepthCrafter's disparity target."""
+    lo = jnp.min(v, axis=axes, keepdims=True)
+    hi = jnp.max(v, axis=axes, keepdims=True)
+    return 2.0 * (v - lo) / jnp.maximum(hi - lo, 1e-6) - 1.0
+
+
 def _normalise(v, percentiles):
     """Map each clip (leading axis) to [0, 1] between its low and high percentiles, clipped."""
     axes = tuple(range(1, v.ndim))

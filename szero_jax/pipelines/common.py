@@ -71,13 +71,16 @@ def check_positive_int(value, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
-def check_range(value, name: str, lo: float, hi: float) -> float:
-    if not (isinstance(value, (int, float, np.number)) and lo <= float(value) <= hi):
-        raise ValueError(f"{name}: expected a number in [{lo}, {hi}], got {value!r}")
-    return float(value)
+def check_config(config, cls, name: str):
+    """``config`` is a ``cls`` whose own ``validate()`` passes (it names the bad field)."""
+    if not isinstance(config, cls):
+        raise ValueError(f"{name}: expected a {cls.__name__}, got {type(config).__name__}")
+    if cls.validate.__code__.co_argcount == 1:      # the stereo configs validate per schedule
+        config.validate()
+    return config
 
 
-_ACTIVE: list = []   # the running Stages (host side), read by the traced tick's callback
+_ACTIVE: list = []   # the running StageTimer (host side), read by the traced tick's callback
 
 
 def _report(stage: str, _):
@@ -92,7 +95,7 @@ def tick(stage: str, x):
     jax.debug.callback(functools.partial(_report, stage), x)
 
 
-class Stages:
+class StageTimer:
     """Wall time of each stage (results blocked on) and progress through the callback."""
 
     def __init__(self, callback: Callback = None):

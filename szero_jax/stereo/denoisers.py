@@ -10,7 +10,7 @@ from szero_jax.diffusion.guidance import guidance
 
 
 def stereo_cfg_denoiser(model_fn: Callable, cond, uncond, per_step_uncond: bool = False,
-                        right=None):
+                        right=None, cond_only: bool = False):
     """``denoise_fn(x, t, plan_i, cross_view=None)`` from ``model_fn(x, t, context, cross_view)``.
 
     One network call per step: with a cross-view mode, ``x`` is ``[left; right]`` (b rows
@@ -19,7 +19,18 @@ def stereo_cfg_denoiser(model_fn: Callable, cond, uncond, per_step_uncond: bool 
     view. ``per_step_uncond``: ``uncond`` has a leading step axis (null-text inversion) and
     step ``plan_i.step`` is used. ``right``: optional dict of context entries that replace
     ``cond``'s and ``uncond``'s for the right view (e.g. its warped image latent).
+    ``cond_only``: skip the unconditional half and return the conditional output, which is
+    what CFG returns at guidance 1 without rescale (conversion), in half the network work.
     """
+    def cond_denoise(x, t, plan_i, cross_view=None):
+        del plan_i
+        views = 1 if cross_view is None else 2
+        per_view = [cond] * views
+        if right and views == 2:
+            per_view[1] = {**cond, **right}
+        ctx = jax.tree.map(lambda *c: jnp.concatenate(c, axis=0), *per_view)
+        return model_fn(x, t, ctx, cross_view)
+
     def denoise(x, t, plan_i, cross_view=None):
         u = jax.tree.map(lambda a: a[plan_i.step], uncond) if per_step_uncond else uncond
         views = 1 if cross_view is None else 2
@@ -37,4 +48,4 @@ def stereo_cfg_denoiser(model_fn: Callable, cond, uncond, per_step_uncond: bool 
         g = guidance(out[:, 0], out[:, 1], plan_i.guidance_scale, plan_i.guidance_rescale)
         return g.reshape(x.shape)
 
-    return denoise
+    return cond_denoise if cond_only else denoise

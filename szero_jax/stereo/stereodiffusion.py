@@ -29,6 +29,7 @@ import numpy as np
 from szero_jax.diffusion import DDIMPlan, ddim_step, plan_at
 from szero_jax.diffusion.guidance import check_prediction_type
 from szero_jax.geometry import forward_warp
+from szero_jax.stereo.inversion import NullTextConfig
 from szero_jax.stereo.common import (StereoDenoiseFn, check_latent_and_disparity, join_views,
                                      mode_code, split_views)
 
@@ -41,6 +42,7 @@ class StereoDiffusionConfig:
     deblur: bool = False              # Eq. 8 optional (Sec. 4.3: helps on some images only)
     attention: str = "uni"            # Alg. 1 uni/bi; released txt2stereoimg.py --direction uni
     attention_start: Optional[int] = None  # None: the shift step (released: step 10)
+    null_text: NullTextConfig = NullTextConfig()  # image-to-stereo's inversion (img2stereo.py)
 
     def shift_step(self, num_steps: int) -> int:
         return int(round(self.shift_fraction * num_steps))
@@ -55,6 +57,10 @@ class StereoDiffusionConfig:
                              f"got {self.shift_fraction}")
         if self.spsmd_every < 1:
             raise ValueError(f"spsmd_every must be >= 1, got {self.spsmd_every}")
+        if not isinstance(self.null_text, NullTextConfig):
+            raise ValueError(f"null_text: expected a NullTextConfig, got "
+                             f"{type(self.null_text).__name__}")
+        self.null_text.validate()
 
 
 _NOTHING, _SHIFT, _SPSMD = 0, 1, 2
