@@ -10,7 +10,9 @@ from szero_jax.diffusion import ddim_sample, ddim_step, plan_at
 from szero_jax.geometry.warp import forward_warp
 from szero_jax.models.attention import cross_view_index
 from szero_jax.stereo.crafter_zero import (StereoCrafterZeroConfig, build_events,
-                                          num_evaluations, released_refine_schedule,
+                                          num_evaluations, pad_events,
+                                          released_refine_schedule, schedule_buckets,
+                                          restart_and_refine_evaluations,
                                           stereocrafter_zero_run, stereocrafter_zero_sample)
 from tests.test_stereo_helpers import count_eqns, toy_denoiser, toy_disparity, toy_params, toy_plan
 
@@ -40,9 +42,29 @@ def _run(config=BASE, eta=1.0, disparity=None, seed=0, key=3):
 
 def test_paper_schedule_at_50_steps():
     cfg = StereoCrafterZeroConfig()
-    assert cfg.warp_steps(50) == {9: 4, 14: 4, 19: 4, 24: 4, 29: 4, 34: 4}  # t = 40 .. 15
-    # 5 x 7 restart + 45 later steps + 6 stages x 4 refinements
-    assert num_evaluations(cfg, 50) == 35 + 45 + 24
+    # right after the window (t = 43), then t = 40, 35, ..., 15: the released olist cut at 34
+    stages = (6, 9, 14, 19, 24, 29, 34)
+    assert cfg.warp_steps(50) == {s: 4 for s in stages}
+    assert tuple(s for s, _ in released_refine_schedule(34)) == stages
+    # 6 x 7 restart + 44 later steps + 7 stages x 4 refinements
+    assert num_evaluations(cfg, 50) == 42 + 44 + 28
+    k5 = dataclasses.replace(cfg, restart_steps=5)     # Sec. 4.1's t = 49..45: still 7 stages
+    assert sorted(k5.warp_steps(50)) == [5, 9, 14, 19, 24, 29, 34]
+
+
+@pytest.mark.parametrize("n, total", [(0, 42), (2, 56), (4, 70), (6, 84), (8, 98)])
+def test_paper_preset_reproduces_table5_totals(n, total):
+    """Table 5 (K = 6, L = 7): "Total Steps" 42, 56, 70, 84, 98 for N = 0, 2, 4, 6, 8."""
+    cfg = dataclasses.replace(StereoCrafterZeroConfig(), refine_rounds=n)
+    assert restart_and_refine_evaluations(cfg, 50) == total
+    assert num_evaluations(cfg, 50) == total + 44       # plus the later plain steps
+
+
+@pytest.mark.parametrize("k, l", [(6, 5), (6, 9), (11, 7), (21, 9)])
+def test_table4_totals_are_k_times_l(k, l):
+    cfg = dataclasses.replace(StereoCrafterZeroConfig(), restart_steps=k, restart_rounds=l,
+                              refine_rounds=0)
+    assert restart_and_refine_evaluations(cfg, 50) == k * l
 
 
 def test_released_schedule_at_50_steps():
@@ -84,7 +106,8 @@ def test_same_seed_is_bit_identical_and_seed_matters():
 
 def test_single_round_without_refinement_is_plain_latent_warping():
     """K = 1, L = 1, N = 0: warp at step 0 (holes from the left latent) and at each stage
-    (holes keep the right latent), plain batched DDIM otherwise."""
+    (holes keep the right latent: step 1 right after the window, then t = 6, 3, 0), plain
+    batched DDIM otherwise."""
     cfg = StereoCrafterZeroConfig(restart_steps=1, restart_rounds=1, warp_every=3,
                                   warp_stop_t=0, refine_rounds=0)
     params, x_T, d = _inputs()
@@ -96,7 +119,7 @@ def test_single_round_without_refinement_is_plain_latent_warping():
         warped, holes = forward_warp(x_l, d)
         if i == 0:
             x_r = jnp.where(holes[..., None], x_l, warped)
-        elif i in (3, 6, 9):
+        elif i in (1, 3, 6, 9):
             x_r = jnp.where(holes[..., None], x_r, warped)
         p = plan_at(plan, i)
         x = jnp.concatenate([x_l, x_r])
@@ -122,6 +145,7 @@ _OWN_PROGRAM = pytest.mark.slow
     dict(first_round_fill="previous_step"),
     dict(restart_sigma_ratio=True),
     dict(refine_sigma_ratio=True),
+    dict(refine_noise="all"),
     dict(cross_view_window=(0, 3)),
 ])
 def test_each_switch_changes_the_right_view(change):
@@ -159,3 +183,79 @@ def test_bad_config_raises_naming_the_field():
     with pytest.raises(ValueError, match="disparity"):
         stereocrafter_zero_sample(functools.partial(toy_denoiser, params), x_T, d[..., :-1],
                                   toy_plan(10), jax.random.PRNGKey(0), BASE, "epsilon")
+
+
+def _ideal_v(x, t, p, mode):
+    """The exact v-prediction for data concentrated at 0: x = sqrt(1 - ab) eps, so x0 = 0
+    and eps = x / sqrt(1 - ab); every latent is pure noise at its step's level."""
+    return jnp.sqrt(p.alpha_bar / (1.0 - p.alpha_bar)) * x
+
+
+def _hole_noise_level(stage, rounds, eta=1.0, seed=1, refine_noise="holes"):
+    """Std of the right view's holes / the scheduled level sqrt(1 - ab_prev) right after a
+    warp stage at ``stage`` of the 512 model's 50 steps (ideal denoiser), and the left's."""
+    from szero_jax.diffusion import dynamicrafter_schedule, make_ddim_plan, plan_slice
+    full = make_ddim_plan(dynamicrafter_schedule(), 50, "uniform_trailing", eta=eta)
+    plan = plan_slice(full, 0, stage + 1)           # stop right after the stage
+    shape = (1, 4, 32, 64, 4)
+    d = jnp.zeros(shape[:-1]).at[..., 20:44].set(8.0)
+    cfg = StereoCrafterZeroConfig(restart_steps=1, restart_rounds=1, cross_view="none",
+                                  refine_schedule=((stage, rounds),), refine_noise=refine_noise)
+    out = jax.jit(stereocrafter_zero_run, static_argnums=(0, 6))(
+        _ideal_v, jax.random.normal(jax.random.PRNGKey(0), shape), d, plan,
+        jax.random.PRNGKey(seed), build_events(cfg, plan.num_steps), "v_prediction")
+    level = float(jnp.sqrt(1.0 - full.alpha_bar_prev[stage]))
+    holes = np.asarray(out.holes)
+    return (float(np.asarray(out.right)[holes].std()) / level,
+            float(np.asarray(out.left).std()) / level, holes.mean())
+
+
+def test_refinement_rounds_draw_their_own_noise():
+    """Eta 1, N = 4 at t = 40: the holes leave the stage at the scheduled noise level, as the
+    left view does (theory for fresh noise per round: 0.995). Reusing the step's noise in
+    every round adds it coherently, ~2x (theory 1.97)."""
+    right, left, frac = _hole_noise_level(9, 4)
+    assert 0.1 < frac < 0.5
+    assert abs(left - 1.0) < 0.02
+    assert abs(right - 1.0) < 0.06, right
+    right0, _, _ = _hole_noise_level(9, 0)          # no refinement: the plain step
+    assert abs(right0 - 1.0) < 0.06, right0
+    right_all, _, _ = _hole_noise_level(9, 4, refine_noise="all")   # released
+    assert abs(right_all - 1.0) < 0.06, right_all
+
+
+@pytest.mark.parametrize("change", [{}, dict(refine_noise="all", right_noise="reuse_left",
+                                             border="blend", restart_sigma_ratio=True)])
+def test_padded_schedule_equals_unpadded_at_eta_1(change):
+    """Padding (spare-slot restart events before the real ones) leaves every real event as
+    it was, noise included: restart, refinement and the fixed eps' at a larger window."""
+    cfg = dataclasses.replace(BASE, **change)
+    params, x_T, d = _inputs()
+    plan, key = toy_plan(10, 1.0), jax.random.PRNGKey(3)
+    ev = build_events(cfg, 10)
+    e, k = int(ev.step.shape[0]), int(ev.window.shape[0])
+    ref = _jitted(params, x_T, d, plan, key, ev)
+    out = _jitted(params, x_T, d, plan, key, pad_events(ev, e + 5, k + 2))
+    np.testing.assert_allclose(out.left, ref.left, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out.right, ref.right, rtol=1e-6, atol=1e-6)
+    assert np.array_equal(np.asarray(out.holes), np.asarray(ref.holes))
+    assert pad_events(ev, e, k) is ev
+    with pytest.raises(ValueError, match="cannot pad"):
+        pad_events(ev, e + 1, k)              # adding events needs a spare slot
+    with pytest.raises(ValueError, match="cannot pad"):
+        pad_events(ev, e - 1, k)
+
+
+def test_schedule_buckets_cover_and_minimise():
+    sizes = [(99, 5)] * 8 + [(69, 5), (225, 21), (105, 6)]
+    b = schedule_buckets(sizes, 2)
+    assert len(set(b.values())) == 2
+    for (e, k), (ep, kp) in b.items():
+        assert ep >= e and kp >= k + (1 if ep > e else 0)
+    # the eight 99s share the 105 program; 225 alone: 8*105 + 69->105 + 105 + 225 is least
+    assert b[(225, 21)] == (225, 21) and b[(99, 5)] == (105, 7) and b[(69, 5)] == (105, 7)
+    assert len(set(schedule_buckets(sizes, 1).values())) == 1
+    assert schedule_buckets(sizes, 10) == {s: s for s in sizes}   # one program per size
+    assert schedule_buckets([], 3) == {}
+    with pytest.raises(ValueError, match="n_buckets"):
+        schedule_buckets(sizes, 0)

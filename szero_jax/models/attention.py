@@ -25,7 +25,11 @@ import jax.numpy as jnp
 #            `BNAttention` "uni").
 # bi:        both views attend to the keys/values of both (StereoDiffusion "bi").
 # swap:      the views exchange keys/values (released StereoCrafter-Zero `BNAttention` "bi").
-CROSS_VIEW_MODES = ("none", "uni", "uni_query", "bi", "swap")
+# uni_query_all: uni_query in self-attention and also in the text/image cross-attention of
+#            the networks that take it (DynamiCrafter's ``attn2``, ``cross_view_queries``):
+#            released `BNAttention` "uni" as it runs, its in-place edit of q reaches ``sim``
+#            and ``sim_ip``. (The paper, Sec. 4.1, keeps cross-attention apart.)
+CROSS_VIEW_MODES = ("none", "uni", "uni_query", "bi", "swap", "uni_query_all")
 
 
 def cross_view_index(mode: str) -> int:
@@ -88,7 +92,22 @@ def cross_view_attention(q, k, v, heads: int, mode):
         raise ValueError(
             f"cross-view attention needs the two views stacked on the batch axis (an even "
             f"batch), got batch {q.shape[0]}")
-    return jax.lax.switch(jnp.asarray(mode, jnp.int32), [none, uni, uni_query, bi, swap], q, k, v)
+    branches = [none, uni, uni_query, bi, swap, uni_query]   # order of CROSS_VIEW_MODES
+    return jax.lax.switch(jnp.asarray(mode, jnp.int32), branches, q, k, v)
+
+
+def cross_view_queries(q, mode):
+    """The queries of a cross-attention (to a context) under a cross-view ``mode`` (int32
+    scalar or None): with ``uni_query_all`` the right view's rows take the left view's, so
+    with a shared context its output equals the left's; unchanged under every other mode."""
+    if mode is None:
+        return q
+    if q.shape[0] % 2:
+        raise ValueError(f"cross-view queries need the two views stacked on the batch axis "
+                         f"(an even batch), got batch {q.shape[0]}")
+    ql, _ = _halves(q)
+    share = jnp.asarray(mode, jnp.int32) == CROSS_VIEW_MODES.index("uni_query_all")
+    return jnp.where(share, jnp.concatenate([ql, ql]), q)
 
 
 class Attention(nn.Module):

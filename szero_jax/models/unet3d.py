@@ -6,8 +6,8 @@ frame (``L = 77 + 16 T``); any other length is shared by all frames, as in the o
 
 Frames are folded into the batch axis b-major (``(b t)``), so a view-major stereo batch
 stays view-major inside every attention layer; ``cross_view`` reaches every self-attention
-(spatial ``attn1``, both self-attentions of the temporal transformers) but not ``init_attn``
-and not the text/image cross-attention.
+(spatial ``attn1``, both self-attentions of the temporal transformers) and the text/image
+cross-attention (``attn2``, whose queries only ``uni_query_all`` changes), not ``init_attn``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from typing import Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from szero_jax.models.attention import Attention, FeedForward, multihead_attention
+from szero_jax.models.attention import (Attention, FeedForward, cross_view_queries,
+                                        multihead_attention)
 from szero_jax.models.configs import DynamiCrafterUNetConfig
 from szero_jax.models.layers import (Downsample, GroupNorm, ResBlock, Upsample, conv,
                                      layer_norm, timestep_embedding)
@@ -27,7 +28,8 @@ _TRANSFORMER_NORM_EPS = 1e-6  # lvdm attention.SpatialTransformer/TemporalTransf
 class ImageCrossAttention(nn.Module):
     """lvdm ``CrossAttention`` used as ``attn2``: text tokens through ``to_k``/``to_v`` and,
     when ``image_cross_attention``, the tokens after ``text_len`` through ``to_k_ip``/``to_v_ip``;
-    the two results are summed with weight ``scale`` (times ``tanh(alpha) + 1`` if learnable)."""
+    the two results are summed with weight ``scale`` (times ``tanh(alpha) + 1`` if learnable).
+    ``cross_view``: ``uni_query_all`` gives the right view the left's queries in both."""
 
     query_dim: int
     heads: int
@@ -39,11 +41,11 @@ class ImageCrossAttention(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, context):
+    def __call__(self, x, context, cross_view=None):
         inner = self.heads * self.dim_head
         dense = lambda name: nn.Dense(inner, use_bias=False, dtype=self.dtype, name=name)
         text, image = context[:, :self.text_len], context[:, self.text_len:]
-        q = dense("to_q")(x)
+        q = cross_view_queries(dense("to_q")(x), cross_view)
         out = multihead_attention(q, dense("to_k")(text), dense("to_v")(text), self.heads)
         if self.image_cross_attention:
             out_ip = multihead_attention(q, dense("to_k_ip")(image), dense("to_v_ip")(image),
@@ -76,7 +78,7 @@ class TransformerBlock(nn.Module):
             x = attn("attn2")(h, cross_view=cross_view) + x
         else:
             x = ImageCrossAttention(self.dim, self.heads, self.dim_head, dtype=self.dtype,
-                                    name="attn2", **self.cross)(h, context) + x
+                                    name="attn2", **self.cross)(h, context, cross_view) + x
         return FeedForward(self.dim, dtype=self.dtype, name="ff")(
             layer_norm("norm3", dtype=self.dtype)(x)) + x
 

@@ -21,7 +21,9 @@ left-only pass after every step).
 
 Paper vs released code (shijianjian/StereoCrafter-Zero; see ../shared/REFERENCES.md): the
 defaults are the paper's; ``StereoCrafterZeroConfig.released()`` gives the released run.
-  * restart window: paper t = 49..45 (K = 5); released loop steps 0-5 (K = 6);
+  * restart window: K = 6 (t = 49..44): Tables 4-5 pick K = 6, L = 7 as best and Table 5's
+    N = 0 total is 6 x 7 = 42; the released code runs loop steps 0-5. Sec. 4.1's "t = 49 to
+    t = 45" (K = 5) disagrees with both tables and the code, so it is read as the slip;
   * first restart round: paper fills every window step's holes from the (unwarped) left
     latent; released only step 0, later steps from the previous step's right output;
   * Eq. 2: paper ``x (1 - a) + sigma eps' a``; released also scales ``x`` by
@@ -30,12 +32,24 @@ defaults are the paper's; ``StereoCrafterZeroConfig.released()`` gives the relea
     restart adds no noise and only shrinks the fill;
   * border (Eq. 3): paper hard replacement by the left latent; released 0.9 left + 0.1 fill;
   * re-warp + refinement: paper every 5 steps down to t = 15, N = 4 extra evaluations on the
-    holes; released a (step, evaluations) list (``released_refine_schedule``) and Eq. 4's
-    replacement scaled by ``sigma_t / sigma_{t+1}``;
+    holes. Read as Table 5 counts it (+2 N evaluations per N, i.e. 7 stages): the first step
+    after the restart window, then t = 40, 35, ..., 15, the released ``olist`` cut at step
+    34 (= {6, 9, 14, 19, 24, 29, 34}). Released: a (step, evaluations) list
+    (``released_refine_schedule``) and Eq. 4's replacement scaled by ``sigma_t / sigma_{t+1}``;
+  * step noise (eta > 0): one draw per step, shared by the restart rounds (the paper's fixed
+    eps'_t and the released re-seeding of every pass); every refinement round draws its own
+    (each released ``rp_times`` evaluation is a ``p_sample_ddim`` call, which draws afresh):
+    in the holes only by default, so outside them the right view keeps the step's (warped
+    left) noise; ``refine_noise="all"``: everywhere, as released;
   * right-view noise (eta > 0): the left noise warped by the disparity, fresh noise in the
     holes (what the released code intends); ``"reuse_left"`` is what it runs;
-  * cross-view attention: paper on all sampling steps; released a window of network
-    *evaluations* [25, 45) counted across restart rounds and refinements.
+  * cross-view attention: paper on all sampling steps, self-attention only (Sec. 4.1: "apart
+    from the cross-attention between the latents and the conditions"); released a window of
+    network *evaluations* [25, 45) counted across restart rounds and refinements, and the
+    left queries also in the text/image cross-attention (``uni_query_all``, see
+    ``szero_jax.models.attention``);
+  * pipeline-level settings the preset carries (the sampler ignores them): guidance rescale
+    off, dissolving with the conditional UNet only and no disparity re-normalisation.
 """
 from __future__ import annotations
 
@@ -67,13 +81,16 @@ def released_refine_schedule(max_warp_step: int = 40) -> Tuple[Tuple[int, int], 
     return tuple((s, n - 1) for s, n in kept)
 
 
+DEPTH_NORMALISATIONS = ("percentiles", "none")
+
+
 @dataclasses.dataclass(frozen=True)
 class StereoCrafterZeroConfig:
     """Settings of the stereo part; the DDIM plan (steps, eta, CFG) is separate.
 
     Steps are loop positions 0..S-1 (0 = noisiest); the paper's ``t`` is ``S - 1 - step``.
     """
-    restart_steps: int = 5                  # K: paper Sec. 4.1, t = 49..45
+    restart_steps: int = 6                  # K: paper Tabs. 4-5 (K = 6 best; Sec. 4.1 says 5)
     restart_rounds: int = 7                 # L: paper Sec. 3.1 / 4.1
     first_round_fill: str = "left"          # paper Sec. 3.1; "previous_step": released
     restart_sigma_ratio: bool = False       # released ddim_stereo.py scales by sigma_t/sigma_{t+1}
@@ -84,8 +101,13 @@ class StereoCrafterZeroConfig:
     refine_rounds: int = 4                  # N: paper Sec. 4.1, Tab. 5
     refine_schedule: Optional[Tuple[Tuple[int, int], ...]] = None  # (step, N) pairs; None: paper rule
     refine_sigma_ratio: bool = False        # released scales Eq. 4's update by sigma_t/sigma_{t+1}
+    refine_noise: str = "holes"             # a refinement round's own noise (eta > 0) in the
+                                            # holes Eq. 4 re-denoises, the step's outside (ours);
+                                            # "all": released (p_sample_ddim draws afresh)
     right_noise: str = "warped"             # released intent; "reuse_left": as released runs
-    cross_view: str = "uni_query"           # released BNAttention(direction='uni'): left queries
+    cross_view: str = "uni_query"           # released BNAttention(direction='uni'): left queries,
+                                            # self-attention only as Sec. 4.1 says; released
+                                            # runs "uni_query_all" (also cross-attention)
     cross_view_window: Tuple[int, Optional[int]] = (0, None)  # paper Sec. 4.1: all steps
     cross_view_counts_evaluations: bool = False  # released: the window counts evaluations
     # Image condition of the right view (DynamiCrafter's concatenated first-frame latent;
@@ -93,6 +115,16 @@ class StereoCrafterZeroConfig:
     # holes keeping the left's (ours: DynamiCrafter copies its concat image, so an unwarped
     # one pulls the right view back onto the left's geometry, see DESIGN.md); "left": released.
     right_condition: str = "warped"
+    # Pipeline-level settings of the released run, carried here so the preset holds them;
+    # the sampler ignores them, the pipelines read them (None / defaults: theirs).
+    guidance_rescale: Optional[float] = None  # None: the sampling config's (run.sh 0.7);
+                                              # released 0: commented out in p_sample_ddim
+    dissolve_cfg: bool = True               # dissolving call guided like the depth sampling;
+                                            # released False: conditional UNet only
+                                            # (depthcrafter.py forward_and_dissolve)
+    depth_normalisation: str = "percentiles"  # (1, 99) re-normalisation of the model depth
+                                              # (ours); "none": released, decoded values used
+                                              # as is (``dissolve.released_disparity``)
 
     @classmethod
     def released(cls, max_warp_step: int = 40, **overrides) -> "StereoCrafterZeroConfig":
@@ -104,10 +136,15 @@ class StereoCrafterZeroConfig:
             border="blend",
             refine_schedule=released_refine_schedule(max_warp_step),
             refine_sigma_ratio=True,
+            refine_noise="all",
             right_noise="reuse_left",
+            cross_view="uni_query_all",         # BNAttention edits q before sim and sim_ip
             cross_view_window=(25, 45),         # stereo_att_start_step / end_step
             cross_view_counts_evaluations=True,
-            right_condition="left")             # both views share the conditioning batch
+            right_condition="left",             # both views share the conditioning batch
+            guidance_rescale=0.0,               # ddim.py: the rescale is commented out
+            dissolve_cfg=False,                 # depthcrafter.py: one conditional UNet call
+            depth_normalisation="none")         # funcs_stereo.py: DepthCrafter output as is
         base.update(overrides)
         return cls(**base)
 
@@ -118,7 +155,9 @@ class StereoCrafterZeroConfig:
         choice("first_round_fill", ("left", "previous_step"))
         choice("border", ("hard", "blend", "off"))
         choice("right_noise", ("warped", "reuse_left"))
+        choice("refine_noise", ("holes", "all"))
         choice("right_condition", ("warped", "left"))
+        choice("depth_normalisation", DEPTH_NORMALISATIONS)
         mode_code(self.cross_view, "cross_view")
         if not 1 <= self.restart_steps <= num_steps:
             raise ValueError(f"restart_steps must be in [1, {num_steps}], got {self.restart_steps}")
@@ -126,10 +165,15 @@ class StereoCrafterZeroConfig:
             raise ValueError(f"restart_rounds must be >= 1, got {self.restart_rounds}")
         if self.warp_every < 1:
             raise ValueError(f"warp_every must be >= 1, got {self.warp_every}")
+        if self.warp_stop_t < 0:
+            raise ValueError(f"warp_stop_t must be >= 0, got {self.warp_stop_t}")
         if self.refine_rounds < 0:
             raise ValueError(f"refine_rounds must be >= 0, got {self.refine_rounds}")
         if not 0.0 <= self.border_left_weight <= 1.0:
             raise ValueError(f"border_left_weight must be in [0, 1], got {self.border_left_weight}")
+        if self.guidance_rescale is not None and not 0.0 <= self.guidance_rescale <= 1.0:
+            raise ValueError(f"guidance_rescale must be None or in [0, 1], got "
+                             f"{self.guidance_rescale}")
         for step, n in self.refine_schedule or ():
             if not self.restart_steps <= step < num_steps or n < 0:
                 raise ValueError(
@@ -137,15 +181,21 @@ class StereoCrafterZeroConfig:
                     f"{num_steps}), rounds >= 0), got {(step, n)}")
 
     def warp_steps(self, num_steps: int) -> dict:
-        """{step: extra refinement rounds} of the warp stages after the restart window."""
+        """{step: extra refinement rounds} of the warp stages after the restart window.
+
+        Paper rule (no ``refine_schedule``): the first step after the window, then every
+        ``warp_every`` steps on the t grid (t = 40, 35, ... at 50 steps), while
+        t >= ``warp_stop_t``: at K = 6, 50 steps {6, 9, 14, 19, 24, 29, 34}, the 7 stages
+        Table 5's totals imply and the released ``olist`` cut at step 34."""
         if self.refine_schedule is not None:
             out = {}
             for step, n in self.refine_schedule:
                 out.setdefault(step, n)     # released: the first entry of a step wins
             return out
-        last = self.restart_steps - 1
-        steps = range(last + self.warp_every, num_steps, self.warp_every)
-        return {s: self.refine_rounds for s in steps if num_steps - 1 - s >= self.warp_stop_t}
+        first = self.restart_steps
+        grid = [s for s in range(first + 1, num_steps) if (num_steps - 1 - s) % self.warp_every == 0]
+        return {s: self.refine_rounds for s in [first] + grid
+                if s < num_steps and num_steps - 1 - s >= self.warp_stop_t}
 
 
 class StereoEvents(NamedTuple):
@@ -167,6 +217,7 @@ class StereoEvents(NamedTuple):
     restart_sigma_ratio: np.ndarray  # bool scalar
     refine_sigma_ratio: np.ndarray   # bool scalar
     warp_noise: np.ndarray         # bool scalar: right noise = warped left noise
+    refine_noise_all: np.ndarray   # bool scalar: refinement rounds draw noise everywhere
 
 
 def build_events(config: StereoCrafterZeroConfig, num_steps: int) -> StereoEvents:
@@ -195,12 +246,93 @@ def build_events(config: StereoCrafterZeroConfig, num_steps: int) -> StereoEvent
         steps, np.asarray(cols[1], np.int32), *(np.asarray(c, bool) for c in cols[2:]),
         mode.astype(np.int32), np.arange(k, dtype=np.int32), np.float32(border),
         np.bool_(config.restart_sigma_ratio), np.bool_(config.refine_sigma_ratio),
-        np.bool_(config.right_noise == "warped"))
+        np.bool_(config.right_noise == "warped"), np.bool_(config.refine_noise == "all"))
 
 
 def num_evaluations(config: StereoCrafterZeroConfig, num_steps: int) -> int:
     """Batched network calls the sampler makes (each on both views)."""
     return int(build_events(config, num_steps).step.shape[0])
+
+
+def restart_and_refine_evaluations(config: StereoCrafterZeroConfig, num_steps: int) -> int:
+    """The paper's "Total Steps" (Tables 4-5): restart evaluations K x L plus the refinement
+    rounds; the later plain steps (and the left-only pass) are not counted, as Table 4's
+    totals (exactly K x L) show. Paper preset at 50 steps: 42 + 7 N."""
+    ev = build_events(config, num_steps)
+    return int(ev.restart.sum() + ev.refine.sum())
+
+
+def pad_events(events: StereoEvents, num_events: int, window: int) -> StereoEvents:
+    """The same schedule as ``events`` in a program of ``num_events`` evaluations and a
+    restart window of ``window`` slots, so that configs of different E and K share one
+    compiled ``stereocrafter_zero_run``.
+
+    Each added evaluation is a restart event of a later round at a spare slot (>= the real
+    K), placed *before* the real events: it reads and writes only that slot's stores, never
+    advances the left view, and the first real event (round 0, slot 0, filled from the left)
+    reads none of the carry it leaves. The real events therefore compute what they compute
+    unpadded, at any eta: step noise is drawn per step, refinement noise per (step, round),
+    and the fixed restart noise at the padded window's shape, whose first K slots are the
+    unpadded draw (JAX's default partitionable threefry draws element by element). The added
+    evaluations cost network time."""
+    e = int(events.step.shape[0])
+    k = int(events.window.shape[0])
+    extra = num_events - e
+    if extra < 0 or window < k or (extra > 0 and window < k + 1):
+        raise ValueError(f"cannot pad a schedule of {e} events / window {k} to {num_events} / "
+                         f"{window} (num_events >= E, window >= K, and > K to add events)")
+    if not (bool(events.restart[0]) and bool(events.round0[0]) and bool(events.fill_left[0])
+            and int(events.slot[0]) == 0):
+        raise ValueError("pad_events needs a schedule that starts with restart round 0 at slot "
+                         "0 filled from the left (as build_events lays it out)")
+    if extra == 0 and window == k:
+        return events
+    pad = lambda a, v: np.concatenate([np.full(extra, v, a.dtype), np.asarray(a)])
+    filler = dict(step=0, slot=window - 1, restart=True, round0=False, fill_left=False,
+                  warp=True, refine=False, advance_left=False, mode=0)
+    return events._replace(**{f: pad(getattr(events, f), v) for f, v in filler.items()},
+                           window=np.arange(window, dtype=np.int32))
+
+
+def schedule_buckets(sizes, n_buckets: int) -> dict:
+    """Group schedules by their (E, K) (one entry per config; ``build_events`` gives E =
+    ``step.shape[0]``, K = ``window.shape[0]``) into at most ``n_buckets`` compiled programs,
+    minimising the total padded evaluations (each config runs at its group's largest E).
+    Returns {(E, K): (E_pad, K_pad)} for ``pad_events``: K_pad is the group's largest K, plus
+    the spare slot ``pad_events`` needs when the group pads any config's E."""
+    sizes = [tuple(map(int, s)) for s in sizes]
+    if n_buckets < 1:
+        raise ValueError(f"n_buckets must be >= 1, got {n_buckets}")
+    items = sorted(set(sizes))
+    if not items:
+        return {}
+    es = [e for e, _ in items]
+    weight = [sizes.count(it) for it in items]       # configs per size
+    n = len(items)
+    n_buckets = min(n_buckets, n)
+    inf = float("inf")
+    # cost[j][i]: the least padded total of items[:i] in j groups (groups are runs of the
+    # E-sorted items, each padded to its last E); cut[j][i]: where its last group starts.
+    cost = [[inf] * (n + 1) for _ in range(n_buckets + 1)]
+    cut = [[0] * (n + 1) for _ in range(n_buckets + 1)]
+    cost[0][0] = 0
+    for j in range(1, n_buckets + 1):
+        for i in range(1, n + 1):
+            for a in range(j - 1, i):
+                c = cost[j - 1][a] + es[i - 1] * sum(weight[a:i])
+                if c < cost[j][i]:
+                    cost[j][i], cut[j][i] = c, a
+    best_j = min(range(1, n_buckets + 1), key=lambda j: cost[j][n])
+    out, i, j = {}, n, best_j
+    while i > 0:
+        a = cut[j][i]
+        group = items[a:i]
+        e_pad = max(e for e, _ in group)
+        k_pad = max(k for _, k in group) + (1 if any(e < e_pad for e, _ in group) else 0)
+        for size in group:
+            out[size] = (e_pad, k_pad)
+        i, j = a, j - 1
+    return out
 
 
 _PER_EVENT = ("step", "slot", "restart", "round0", "fill_left", "warp", "refine",
@@ -250,6 +382,28 @@ def stereocrafter_zero_sample(denoise_fn: StereoDenoiseFn, x_T, disparity, plan:
                                   build_events(config, plan.num_steps), prediction_type)
 
 
+# fold_in data of the refinement-noise stream: far from split(key, 3)'s counters 0..2, which
+# fold_in(key, i) would reproduce (partitionable threefry).
+_REFINE_NOISE_STREAM = 0x52454631
+
+
+class _Carry(NamedTuple):
+    """What one event hands the next (``lax.scan`` carry)."""
+    x_l: jax.Array           # left view's latent: the input of its next sampling step
+    left_store: jax.Array    # [K, ...] left inputs of the window steps (round 0), replayed
+                             # by the later restart rounds
+    right_store: jax.Array   # [K, ...] Eq. 2 fills: where the next restart round starts
+                             # each window step's holes
+    last_out: jax.Array      # right output of the previous evaluation
+    prev_in: jax.Array       # right input of the previous evaluation (Eq. 4 keeps it
+                             # outside the holes)
+    prev_l_in: jax.Array     # left input of the previous evaluation (a refinement round
+                             # re-evaluates the same step)
+    holes: jax.Array         # bool, holes of the last warp (disparity's shape)
+    refine_round: jax.Array  # int32 j of the current refinement round (0 on other events):
+                             # picks the round's own noise
+
+
 def stereocrafter_zero_run(denoise_fn: StereoDenoiseFn, x_T, disparity, plan: DDIMPlan, key,
                            events: StereoEvents, prediction_type: str = "v_prediction"
                            ) -> StereoOutput:
@@ -261,6 +415,8 @@ def stereocrafter_zero_run(denoise_fn: StereoDenoiseFn, x_T, disparity, plan: DD
         raise ValueError(f"events were built for more steps than the plan's {plan.num_steps}")
     k = ev.window.shape[0]
     k_step, k_fixed, k_holes = jax.random.split(key, 3)
+    k_refine = jax.random.fold_in(key, _REFINE_NOISE_STREAM)
+    # Step noise, one draw per step: the restart rounds replay it (eps'_t fixed across rounds).
     noise_l = jax.random.normal(k_step, (plan.num_steps,) + x_T.shape, x_T.dtype)
     noise_r = _right_noise(k_holes, noise_l, disparity, ev.warp_noise)
     fixed_eps = jax.random.normal(k_fixed, (k,) + x_T.shape, x_T.dtype)  # eps'_t, drawn once
@@ -272,32 +428,44 @@ def stereocrafter_zero_run(denoise_fn: StereoDenoiseFn, x_T, disparity, plan: DD
     def ratio_at(step, on):
         return jnp.where(on, _sigma_ratio(plan, step), 1.0)
 
-    def body(carry, e):
-        x_l, left_store, right_store, last_out, prev_in, prev_l_in, holes = carry
+    def round_noise(step, j, holes):
+        """Refinement round j of ``step``: its own draw (keyed by (step, j), so padding the
+        schedule leaves it unchanged) in the holes, or everywhere (``refine_noise_all``)."""
+        k_l, k_h = jax.random.split(jax.random.fold_in(jax.random.fold_in(k_refine, step), j))
+        z_l = jax.random.normal(k_l, x_T.shape, x_T.dtype)
+        z_r = _right_noise(k_h, z_l[None], disparity, ev.warp_noise)[0]
+        z_r = jnp.where(bcast(holes) | ev.refine_noise_all, z_r, noise_r[step])
+        return join_views(jnp.where(ev.refine_noise_all, z_l, noise_l[step]), z_r)
+
+    def step_noise(step, j, holes):
+        return join_views(noise_l[step], noise_r[step])
+
+    def body(c: _Carry, e):
         p = plan_at(plan, e.step)
         # Refinement re-evaluates the step: the left input is the previous event's.
-        x_l_in = jnp.where(e.restart & ~e.round0, left_store[e.slot],
-                           jnp.where(e.refine, prev_l_in, x_l))
+        x_l_in = jnp.where(e.restart & ~e.round0, c.left_store[e.slot],
+                           jnp.where(e.refine, c.prev_l_in, c.x_l))
 
         def warped_input():
             warped, h = forward_warp(x_l_in, disparity)
-            first = jnp.where(e.fill_left, x_l_in, last_out)
-            fill = jnp.where(e.round0, first, right_store[e.slot])
+            first = jnp.where(e.fill_left, x_l_in, c.last_out)
+            fill = jnp.where(e.round0, first, c.right_store[e.slot])
             m_border = bcast(border_mask(h)) & e.restart   # Eq. 3
             fill = jnp.where(m_border, border_w * x_l_in + (1.0 - border_w) * fill, fill)
-            fill = jnp.where(e.restart, fill, last_out)
+            fill = jnp.where(e.restart, fill, c.last_out)
             return jnp.where(bcast(h), fill, warped), h
 
         def kept_input():
             ratio = ratio_at(e.step, ev.refine_sigma_ratio)
-            refined = jnp.where(bcast(holes), ratio * last_out, prev_in)   # Eq. 4
-            return jnp.where(e.refine, refined, last_out), holes
+            refined = jnp.where(bcast(c.holes), ratio * c.last_out, c.prev_in)   # Eq. 4
+            return jnp.where(e.refine, refined, c.last_out), c.holes
 
         x_r_in, holes = jax.lax.cond(e.warp, warped_input, kept_input)
         x_in = join_views(x_l_in, x_r_in)
         t = jnp.broadcast_to(p.timesteps, (x_in.shape[0],))
         out = denoise_fn(x_in, t, p, e.mode)
-        noise = join_views(noise_l[e.step], noise_r[e.step])
+        j = jnp.where(e.refine, c.refine_round + 1, 0)
+        noise = jax.lax.cond(e.refine, round_noise, step_noise, e.step, j, holes)
         x_prev, _ = ddim_step(p, x_in, out, noise, prediction_type)
         out_l, out_r = split_views(x_prev)
 
@@ -305,16 +473,17 @@ def stereocrafter_zero_run(denoise_fn: StereoDenoiseFn, x_T, disparity, plan: DD
         a = jnp.sqrt(p.alpha_bar)
         scale = (1.0 - a) * ratio_at(e.step, ev.restart_sigma_ratio)
         restarted = out_r * scale + p.sigma * fixed_eps[e.slot] * a
-        right_store = right_store.at[e.slot].set(
-            jnp.where(e.restart, restarted, right_store[e.slot]))
-        left_store = left_store.at[e.slot].set(
-            jnp.where(e.restart & e.round0, x_l_in, left_store[e.slot]))
-        x_l = jnp.where(e.advance_left, out_l, x_l)
-        return (x_l, left_store, right_store, out_r, x_r_in, x_l_in, holes), None
+        right_store = c.right_store.at[e.slot].set(
+            jnp.where(e.restart, restarted, c.right_store[e.slot]))
+        left_store = c.left_store.at[e.slot].set(
+            jnp.where(e.restart & e.round0, x_l_in, c.left_store[e.slot]))
+        x_l = jnp.where(e.advance_left, out_l, c.x_l)
+        return _Carry(x_l, left_store, right_store, out_r, x_r_in, x_l_in, holes, j), None
 
     stores = jnp.zeros((k,) + x_T.shape, x_T.dtype)
-    carry = (x_T, stores, stores, x_T, x_T, x_T, jnp.zeros(disparity.shape, bool))
+    init = _Carry(x_l=x_T, left_store=stores, right_store=stores, last_out=x_T, prev_in=x_T,
+                  prev_l_in=x_T, holes=jnp.zeros(disparity.shape, bool),
+                  refine_round=jnp.int32(0))
     per_event = {f: getattr(ev, f) for f in _PER_EVENT}
-    (x_l, _, _, x_r, _, _, holes), _ = jax.lax.scan(
-        lambda c, e: body(c, _Event(**e)), carry, per_event)
-    return StereoOutput(x_l, x_r, holes)
+    final, _ = jax.lax.scan(lambda c, e: body(c, _Event(**e)), init, per_event)
+    return StereoOutput(final.x_l, final.last_out, final.holes)

@@ -5,6 +5,9 @@
   own sampling, no noise added, one UNet call at index ``50 - dissolve_step`` of a 50-step
   schedule, ``pred_original_sample`` taken; examples use dissolve_step 5-30, the paper
   recommends 40 for hard cases (Sec. 4.3 Limitations).
+* ``released_disparity``: how the released run turns DepthCrafter's decoded (dissolved)
+  latent into shifts: no re-normalisation, so dissolving also shrinks the disparity range.
+  It guides only the sampling (CFG 1.2); the dissolving call is the conditional UNet alone.
 * ``blur_depth``: the paper's "blurred depth maps produced by simple heuristic filters"
   (Sec. 4.3) for depth sources without a diffusion model.
 * ``propagate_disparity``: temporal consistency for per-frame (image) depth models, see its
@@ -43,6 +46,24 @@ def dissolve_depth(model_fn: Callable, latent, plan, dissolve_step: int,
     t = jnp.broadcast_to(p.timesteps, (latent.shape[0],))
     x0, _ = predict_x0_eps(model_fn(latent, t), latent, p.alpha_bar, prediction_type)
     return x0
+
+
+def released_disparity(decoded, max_disparity: float, exponent: float = 1.0):
+    """Disparity in pixels [..., H, W] from DepthCrafter's decoded video [..., H, W, C] in
+    [-1, 1], as the released run uses it: ``(x + 1) / 2`` clamped to [0, 1] (diffusers
+    ``postprocess_video``), the channel mean (``infer_frames``), raised to ``exponent``
+    (``scale_disparity_factor``), times ``max_disparity * W`` (stereo_utils: shift =
+    disp * scale / 100 * W). Unlike ``geometry.disparity_from_depth`` nothing re-normalises
+    the range; far stays at zero shift."""
+    if decoded.ndim < 3:
+        raise ValueError(f"decoded must be [..., H, W, C], got shape {decoded.shape}")
+    if not 0.0 < float(max_disparity) <= 1.0:
+        raise ValueError(f"max_disparity must be a fraction of the width in (0, 1], got "
+                         f"{max_disparity}")
+    if exponent <= 0:
+        raise ValueError(f"exponent must be > 0, got {exponent}")
+    rel = jnp.clip(decoded.astype(jnp.float32) / 2.0 + 0.5, 0.0, 1.0).mean(axis=-1)
+    return rel ** exponent * (max_disparity * decoded.shape[-2])
 
 
 def _kernel(kind: str, size: float):
