@@ -374,7 +374,8 @@ def stereocrafter_zero_sample(denoise_fn: StereoDenoiseFn, x_T, disparity, plan:
     denoise_fn: stereo denoiser (``szero_jax.stereo.common``), called on ``[left; right]``.
     x_T: [B, T, H, W, C] (or [B, H, W, C]) left initial noise. disparity: x_T's shape without
     channels, in latent pixels (positive = moves left in the right view). key: all of the
-    sampler's randomness (step noise, fixed restart noise eps', hole noise). Traceable:
+    sampler's randomness (step noise, fixed restart noise eps', hole noise, each refinement
+    round's noise). Traceable:
     jit the caller with the network params as arguments. prediction_type default: DynamiCrafter
     is a v-model (REFERENCES.md).
     """
@@ -416,7 +417,7 @@ def stereocrafter_zero_run(denoise_fn: StereoDenoiseFn, x_T, disparity, plan: DD
     k = ev.window.shape[0]
     k_step, k_fixed, k_holes = jax.random.split(key, 3)
     k_refine = jax.random.fold_in(key, _REFINE_NOISE_STREAM)
-    # Step noise, one draw per step: the restart rounds replay it (eps'_t fixed across rounds).
+    # Step noise, one draw per step: every restart round replays it (released: re-seeded).
     noise_l = jax.random.normal(k_step, (plan.num_steps,) + x_T.shape, x_T.dtype)
     noise_r = _right_noise(k_holes, noise_l, disparity, ev.warp_noise)
     fixed_eps = jax.random.normal(k_fixed, (k,) + x_T.shape, x_T.dtype)  # eps'_t, drawn once
