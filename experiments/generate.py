@@ -12,6 +12,7 @@ exists; the output is noise).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -23,10 +24,10 @@ from experiments import common_flags as cf
 
 SAMPLES = Path(__file__).resolve().parents[1] / "szero_jax" / "assets" / "samples"
 
-cf.declare("checkpoint", "output_dir", "seed", "format", "dtype", "compilation_cache_dir",
-           "random_weights_for_testing", *cf.SAMPLING_FLAGS, *cf.DEPTH_FLAGS, *cf.STEREO_FLAGS)
-flags.DEFINE_string("image", str(SAMPLES / "demo.png"), "Input image (first frame)")
-flags.DEFINE_string("prompt", None, "Text prompt (default None: the bundled sample's caption)")
+cf.declare(__name__, "checkpoint", "output_dir", "seed", "format", "dtype", "compilation_cache_dir",
+           "random_weights_for_testing", "image", "prompt", *cf.SAMPLING_FLAGS,
+           *cf.DEPTH_FLAGS, *cf.STEREO_FLAGS)
+DEMO_IMAGE = str(SAMPLES / "demo.png")   # --image None: the bundled sample, with its caption
 flags.DEFINE_float("fps", 8.0, "Output frame rate (StereoCrafter-Zero save_fps)")
 FLAGS = flags.FLAGS
 
@@ -55,11 +56,15 @@ def _models():
     return pipelines.load_video_models(cf.checkpoint_path(FLAGS.checkpoint), FLAGS.dtype)
 
 
+def _image_path() -> str:
+    return FLAGS.image or DEMO_IMAGE
+
+
 def _input_image(models):
     import numpy as np  # pylint: disable=import-outside-toplevel
     from PIL import Image  # pylint: disable=import-outside-toplevel
     from szero_jax.io import read_image  # pylint: disable=import-outside-toplevel
-    img = read_image(FLAGS.image)
+    img = read_image(_image_path())
     h, w = (s * models.vae_factor for s in models.config.latent_size)
     if img.shape[:2] != (h, w):       # center crop to the model's aspect, then resize
         ih, iw = img.shape[:2]
@@ -68,14 +73,14 @@ def _input_image(models):
         top, left = (ih - ch) // 2, (iw - cw) // 2
         crop = Image.fromarray(np.round(img[top:top + ch, left:left + cw] * 255).astype(np.uint8))
         img = np.asarray(crop.resize((w, h), Image.BICUBIC), np.float32) / 255.0
-        print(f"resized {FLAGS.image} from {ih}x{iw} to the model's {h}x{w}")
+        print(f"resized {_image_path()} from {ih}x{iw} to the model's {h}x{w}")
     return img
 
 
 def _prompt():
     if FLAGS.prompt is not None:
         return FLAGS.prompt
-    if Path(FLAGS.image).resolve() == (SAMPLES / "demo.png").resolve():
+    if Path(_image_path()).resolve() == Path(DEMO_IMAGE).resolve():
         return (SAMPLES / "demo_prompt.txt").read_text().strip()
     raise ValueError("--prompt: required when --image is not the bundled sample")
 
@@ -132,20 +137,13 @@ def main(argv):
             io.write_stereo(tmp / f"{layout}.mp4", res.left, res.right, layout, fps=fps)
             names.append(f"{layout}.mp4")
         summary = {
-            "prompt": prompt, "image": str(FLAGS.image),
+            "prompt": prompt, "image": _image_path(),
             "checkpoint": "random (testing)" if FLAGS.random_weights_for_testing
             else (cf.checkpoint_path(FLAGS.checkpoint) or "tiny family"),
             "frames": int(res.left.shape[0]), "height": int(res.left.shape[1]),
             "width": int(res.left.shape[2]),
-            "settings": {k: getattr(FLAGS, k) for k in (
-                "steps", "guidance", "guidance_rescale", "eta", "fs", "seed", "dtype",
-                "max_disparity", "convergence", "dissolve_step", "depth_steps", "preset",
-                "depth", "depth_kind", "fps")}
-            | {"guidance": models.config.guidance if FLAGS.guidance is None else FLAGS.guidance,
-               "max_disparity": models.config.max_disparity if FLAGS.max_disparity is None
-               else FLAGS.max_disparity},
-            "stereo_config": {k: (list(v) if isinstance(v, tuple) else v)
-                              for k, v in vars(stereo).items()},
+            "settings": {"dtype": FLAGS.dtype, "fps": FLAGS.fps, "depth_map": FLAGS.depth,
+                         **{k: dataclasses.asdict(v) for k, v in res.settings.items()}},
             "timings_s": {"load_models": load_s, **res.timings},
             "metrics": _metrics(res),
         }
@@ -161,5 +159,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cf.set_defaults(output_dir="out/demo")
+    cf.set_defaults(output_dir="out/demo", image=DEMO_IMAGE)
     app.run(main)

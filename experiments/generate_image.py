@@ -16,6 +16,7 @@ right.png, sbs.png, anaglyph.png (+ the --format layouts), disparity.png and sum
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -23,28 +24,18 @@ from pathlib import Path
 from absl import app, flags
 
 from experiments import common_flags as cf
+from szero_jax.pipelines.config import DepthConfig, SamplingConfig
 
-cf.define_checkpoint(None, "Converted Stable Diffusion checkpoint directory (unet/, vae/, "
-                           "text_encoder/, tokenizer/); no default: required (no tiny SD is shipped)")
-cf.define_output_dir("out/stereo_image")
-cf.define_common()
+cf.declare(__name__, "checkpoint", "output_dir", "seed", "format", "dtype", "compilation_cache_dir",
+           "random_weights_for_testing", "image", "prompt", "steps", "guidance", "depth",
+           "depth_kind", "max_disparity")
 flags.DEFINE_enum("mode", "text", ["text", "image", "depth"],
                   "StereoDiffusion scenario: text-, image- (null-text inversion) or depth-to-stereo")
-flags.DEFINE_string("prompt", None, "Prompt (text/depth modes; image mode: optional, default '')")
-flags.DEFINE_string("image", None, "Input photo (image mode; no default)")
-flags.DEFINE_string("depth", None, "Depth map: .npy [H, W] or a greyscale image (all modes; no default)")
-flags.DEFINE_enum("depth_kind", "disparity", ["disparity", "depth"],
-                  "Larger values nearer (disparity, DPT/MiDaS) or farther (depth)")
-flags.DEFINE_integer("steps", 50, "DDIM steps (StereoDiffusion scripts)")
-flags.DEFINE_float("guidance", None, "CFG scale (default: 9.0 text, 7.5 image/depth; "
-                   "StereoDiffusion scripts)")
-flags.DEFINE_float("max_disparity", 0.08, "Shift as a fraction of the width (StereoDiffusion 8%)")
-flags.DEFINE_enum("attention", "uni", ["none", "uni", "bi"], "Self-attention sharing")
+flags.DEFINE_enum("attention", "uni", ["none", "uni", "bi"], "Self-attention sharing "
+                  "(StereoDiffusionConfig.attention)")
 flags.DEFINE_enum("spsmd", "paper", ["paper", "released", "off"], "SPSMD variant")
 flags.DEFINE_bool("deblur", False, "Noise in the holes after the shift (Eq. 8)")
 flags.DEFINE_integer("null_text_inner_steps", 10, "Adam steps per timestep (released 10)")
-flags.DEFINE_bool("random_weights_for_testing", False,
-                  "Random tiny SD weights instead of a checkpoint (tests only)")
 FLAGS = flags.FLAGS
 
 
@@ -93,25 +84,23 @@ def main(argv):
     models = _models()
     depth = _depth()
     stereo = StereoDiffusionConfig(spsmd=FLAGS.spsmd, deblur=FLAGS.deblur,
-                                   attention=FLAGS.attention)
-    common = dict(depth_kind=FLAGS.depth_kind, steps=FLAGS.steps, seed=FLAGS.seed, stereo=stereo,
-                  max_disparity=FLAGS.max_disparity,
+                                   attention=FLAGS.attention,
+                                   null_text=NullTextConfig(inner_steps=FLAGS.null_text_inner_steps))
+    common = dict(sampling=cf.sampling_config(SamplingConfig.stereo_image()),
+                  depth=cf.depth_config(DepthConfig.stereo_image()), stereo=stereo,
                   callback=lambda s, d, t: print(f"[{s}] {d}/{t}" if d else f"[{s}] start",
                                                  flush=True))
-    if FLAGS.guidance is not None:
-        common["guidance"] = FLAGS.guidance
     if FLAGS.mode == "image":
         if not FLAGS.image:
             raise app.UsageError("--image: required in image mode")
         res = pipelines.image_to_stereo_image(
-            models, io.read_image(FLAGS.image), depth, prompt=FLAGS.prompt or "",
-            null_text=NullTextConfig(inner_steps=FLAGS.null_text_inner_steps), **common)
+            models, io.read_image(FLAGS.image), depth, prompt=FLAGS.prompt or "", **common)
     else:
         if not FLAGS.prompt:
             raise app.UsageError(f"--prompt: required in {FLAGS.mode} mode")
         if FLAGS.mode == "text":
-            res = pipelines.text_to_stereo_image(models, FLAGS.prompt, height=depth.shape[0],
-                                                 width=depth.shape[1], depth=depth, **common)
+            res = pipelines.text_to_stereo_image(models, FLAGS.prompt, size=depth.shape,
+                                                 depth_map=depth, **common)
         else:
             res = pipelines.depth_to_stereo_image(models, depth, FLAGS.prompt, **common)
     names = []
@@ -128,9 +117,9 @@ def main(argv):
         summary = {"mode": FLAGS.mode, "prompt": FLAGS.prompt, "image": FLAGS.image,
                    "depth": FLAGS.depth, "checkpoint": FLAGS.checkpoint,
                    "random_weights_for_testing": FLAGS.random_weights_for_testing,
-                   "settings": {k: getattr(FLAGS, k) for k in (
-                       "steps", "guidance", "max_disparity", "attention", "spsmd", "deblur",
-                       "seed", "dtype", "depth_kind")},
+                   "settings": {"dtype": FLAGS.dtype, **{k: dataclasses.asdict(v) for k, v in
+                                                         res.settings.items()},
+                                "stereo": dataclasses.asdict(stereo)},
                    "timings_s": dict(res.timings),
                    "metrics": {"left_right_consistency": float(metrics.left_right_consistency(
                        res.left[None], res.right[None], res.disparity[None])[0]),
@@ -142,4 +131,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    cf.set_defaults(output_dir="out/stereo_image", depth_kind="disparity",
+                    max_disparity=DepthConfig.stereo_image().max_disparity)
     app.run(main)

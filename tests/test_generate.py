@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from szero_jax.io import read_video, write_image
-from tests.test_pipelines_helpers import FRAMES, SIZE, save_video_bundle, video_models
+from tests.helpers.tiny_models import FRAMES, SIZE, save_video_bundle, video_models
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,8 @@ def test_help_lists_flags_with_defaults(module, expected):
     assert "--compilation_cache_dir" in text
     if module == "generate":   # default None: the checkpoint's guidance, stated in the help
         i = text.find("  --guidance:")
-        assert "7.5 from" in text[i:i + 300] and "1.0 for the" in text[i:i + 300]
+        block = " ".join(text[i:i + 300].split())
+        assert "7.5 DynamiCrafter" in block and "1.0 the tiny" in block
         i = text.find("  --max_disparity:")
         assert "0.08 =" in text[i:i + 300] and "0.16 for" in text[i:i + 300]
 
@@ -72,7 +73,7 @@ def test_generate_writes_videos_and_summary(tmp_path):
         assert frames.shape == (FRAMES,) + hw + (3,) and fps == 8.0, name
     s = json.loads((out_dir / "summary.json").read_text())
     m = s["metrics"]
-    assert s["frames"] == FRAMES and s["settings"]["steps"] == 4
+    assert s["frames"] == FRAMES and s["settings"]["sampling"]["steps"] == 4
     assert set(s["timings_s"]) >= {"load_models", "left", "depth", "stereo", "decode", "total_wall"}
     assert 0.0 <= m["hole_fraction"] < 1.0 and m["left_right_consistency"] >= 0.0
     assert m["temporal_flicker_right_vs_left"] > 0.0

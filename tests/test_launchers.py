@@ -218,7 +218,7 @@ def test_generate_runs_on_tiny_default(tmp_path):
     sbs, _ = io.read_video(out / "sbs.mp4")
     assert fps == 8.0 and sbs.shape[2] == 2 * left.shape[2] and sbs.shape[:2] == left.shape[:2]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["settings"]["steps"] == 2 and summary["settings"]["seed"] == 3
+    assert summary["settings"]["sampling"]["steps"] == 2 and summary["settings"]["sampling"]["seed"] == 3
     assert np.isfinite(summary["metrics"]["left_right_consistency"])
     # evaluate reads generate's folder as it is (left.mp4 / right.mp4)
     from experiments import evaluate
@@ -234,12 +234,14 @@ def test_generate_interrupted_while_writing_leaves_no_outputs(tmp_path, monkeypa
     from absl import flags
     from experiments import generate
     from szero_jax import io, pipelines
+    from szero_jax.pipelines.config import DepthConfig, SamplingConfig
     rng = np.random.default_rng(0)
     t, h, w = 4, 32, 32
     fake = pipelines.StereoVideo(rng.random((t, h, w, 3), np.float32),
                                  rng.random((t, h, w, 3), np.float32),
                                  np.ones((t, h, w), np.float32), np.zeros((t, h, w), bool),
-                                 rng.random((t, h, w), np.float32), {})
+                                 rng.random((t, h, w), np.float32), {},
+                                 {"sampling": SamplingConfig(), "depth": DepthConfig()})
     monkeypatch.setattr(pipelines, "image_to_stereo_video", lambda *a, **k: fake)
     # what main reads
     bundle = types.SimpleNamespace(config=types.SimpleNamespace(guidance=7.5, max_disparity=0.08))
@@ -314,4 +316,4 @@ def test_generate_image_runs_text_mode(tmp_path):
     left, tb = io.read_image(out / "left.png"), io.read_image(out / "tb.png")
     assert left.shape == (64, 64, 3) and tb.shape == (128, 64, 3)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["settings"]["steps"] == 2 and 0.0 <= summary["metrics"]["hole_fraction"] < 1.0
+    assert summary["settings"]["sampling"]["steps"] == 2 and 0.0 <= summary["metrics"]["hole_fraction"] < 1.0
