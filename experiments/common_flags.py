@@ -22,6 +22,7 @@ from pathlib import Path
 
 from absl import flags
 
+from szero_jax import tiny
 from szero_jax.pipelines.config import DEPTH_KINDS, DepthConfig, SamplingConfig
 
 FLAGS = flags.FLAGS
@@ -49,6 +50,15 @@ flags.DEFINE_string("compilation_cache_dir", None, "Persistent XLA compilation c
 flags.DEFINE_string("prompt", None, "Text prompt (default None: the launcher's, see its --help "
                     "text)")
 flags.DEFINE_string("image", None, "Input image (default None: the launcher's)")
+flags.DEFINE_integer("height", tiny.HEIGHT, "Frame height (default: the tiny family's "
+                     "training size)")
+flags.DEFINE_integer("width", tiny.WIDTH, "Frame width (default: the tiny family's)")
+flags.DEFINE_integer("frames", tiny.FRAMES, "Frames per clip (default: the tiny family's clip "
+                     "length)")
+flags.DEFINE_string("output_json", None, "Also write the results here as JSON (default None: "
+                    "the launcher's own)")
+flags.DEFINE_integer("repeats", 3, "Timed runs per case, after a warm-up (default 3; the "
+                     "benchmarks report the median)")
 # Sampling (SamplingConfig) ------------------------------------------------------------
 flags.DEFINE_integer("steps", _S.steps, "DDIM steps (DynamiCrafter scripts/run.sh; "
                      "StereoDiffusion scripts)")
