@@ -61,7 +61,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -74,45 +73,31 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import baselines as B
+from experiments import common_flags as cf
+from szero_jax.io.atomic import atomic_output
 from szero_jax.metrics import psnr
+from szero_jax.pipelines.config import DepthConfig, SamplingConfig
 
 
-def define_flags():
-    """The launcher's flags, defined only when it runs as a script: tests import this module
-    beside other launchers, and absl refuses a flag name defined twice (--lpips, --seed...)."""
-    flags.DEFINE_integer("num_scenes", 2, "Held-out world scenes (seeds HELDOUT_SEED_START + "
-                         "seed_offset + i)")
-    flags.DEFINE_integer("seed_offset", 0, "First held-out seed after HELDOUT_SEED_START")
-    from szero_jax import tiny  # pylint: disable=import-outside-toplevel
-    flags.DEFINE_integer("height", tiny.HEIGHT, "Frame height (default: the tiny family's "
-                         "training size; a multiple of 16)")
-    flags.DEFINE_integer("width", tiny.WIDTH, "Frame width (a multiple of 16)")
-    flags.DEFINE_integer("frames", 8, "Clip length (the video model's: 8 for the tiny family)")
-    flags.DEFINE_integer("steps", 20, "DDIM steps of the diffusion rows (paper: 50; the default "
-                         "fits the CPU budget, the paper's K, w and stop step scale by steps/50)")
-    flags.DEFINE_bool("middlebury", True, "Add the Middlebury 2014 motorcycle pair (skimage)")
-    flags.DEFINE_list("depth_sources", ["gt", "tiny"], "Disparity sources: gt, tiny (the tiny "
-                      "depth model, aligned to GT by scale + shift)")
-    flags.DEFINE_list("include", [], "Only these rows / groups (empty = all)")
-    flags.DEFINE_list("exclude", [], "Skip these rows / groups")
-    flags.DEFINE_bool("quick", False, "Subsample the sweeps (K in {6, 21} x L in {5, 9}; "
-                      "N in {0, 4, 8}) and skip the attention rows swap")
-    flags.DEFINE_bool("tiny_depth_all_rows", False, "Run every row with the tiny depth too "
-                      "(default: the baselines, szero and no_dissolve)")
-    flags.DEFINE_float("blur_sigma", 4.0, "Gaussian low-pass (px) of a user map for the "
-                       "StereoCrafter-Zero rows (pipeline default)")
-    flags.DEFINE_integer("dissolve_step", 20, "Dissolving level of the tiny depth (pipeline default)")
-    flags.DEFINE_bool("lpips", True, "Compute LPIPS")
-    flags.DEFINE_string("checkpoint", None, "Video model checkpoint (default: the shipped tiny "
-                        "family)")
-    flags.DEFINE_bool("random_weights_for_testing", False, "Random tiny-architecture weights "
-                      "(for tests of the harness only; the numbers mean nothing)")
-    flags.DEFINE_integer("seed", 0, "Sampler seed")
-    flags.DEFINE_integer("compile_buckets", 3, "StereoCrafter-Zero schedules are padded into at "
-                         "most this many sizes, one compiled program each (0 = one per size)")
-    flags.DEFINE_string("output_json", "out/benchmark_stereo/results.json", "Results file")
-    flags.DEFINE_string("compilation_cache_dir", None, "Persistent XLA compilation cache")
+BENCH_STEPS = 20   # DDIM steps (paper: 50); fits the CPU budget, K, w and stop scale by /50
 
+cf.declare(__name__, "height", "width", "frames", "steps", "seed", "checkpoint", "blur_sigma",
+           "dissolve_step", "lpips", "random_weights_for_testing", "output_json",
+           "compilation_cache_dir")
+flags.DEFINE_integer("num_scenes", 2, "Held-out world scenes (seeds HELDOUT_SEED_START + "
+                     "seed_offset + i)")
+flags.DEFINE_integer("seed_offset", 0, "First held-out seed after HELDOUT_SEED_START")
+flags.DEFINE_bool("middlebury", True, "Add the Middlebury 2014 motorcycle pair (skimage)")
+flags.DEFINE_list("depth_sources", ["gt", "tiny"], "Disparity sources: gt, tiny (the tiny "
+                  "depth model, aligned to GT by scale + shift)")
+flags.DEFINE_list("include", [], "Only these rows / groups (empty = all)")
+flags.DEFINE_list("exclude", [], "Skip these rows / groups")
+flags.DEFINE_bool("quick", False, "Subsample the sweeps (K in {6, 21} x L in {5, 9}; "
+                  "N in {0, 4, 8}) and skip the attention rows swap")
+flags.DEFINE_bool("tiny_depth_all_rows", False, "Run every row with the tiny depth too "
+                  "(default: the baselines, szero and no_dissolve)")
+flags.DEFINE_integer("compile_buckets", 3, "StereoCrafter-Zero schedules are padded into at "
+                     "most this many sizes, one compiled program each (0 = one per size)")
 
 FLAGS = flags.FLAGS
 
@@ -245,214 +230,88 @@ def stereo_config(row: Row, plan_steps: int):
 # --------------------------------------------------------------------- model-based methods
 class VideoRunner:
     """StereoCrafter-Zero conversion (and the StereoDiffusion sampler) on a VideoModels
-    bundle, through the stereo video pipeline's own jitted stages, with a given disparity."""
+    bundle, through the public stages (``pipelines.stages``) that ``video_to_stereo_video``
+    is built from, with a given disparity."""
 
-    def __init__(self, models, steps: int, seed: int, start_step: int = 1,
-                 cond_only: bool = True):
-        from szero_jax.diffusion import plan_slice
-        from szero_jax.pipelines import video as V
-        from szero_jax.pipelines.conditioning import prediction_type
-        self.V, self.models, self.seed = V, models, seed
-        self.pred = prediction_type(models.config)
-        self.fs = jnp.int32(models.unet.config.default_fs)
-        full = V._plan(models, steps, 0.0, 1.0, 0.0, dynamic_rescale=False)
-        self.plan = plan_slice(full, start_step, steps)
-        self.statics = V._statics(models)
+    def __init__(self, models, steps: int, seed: int):
+        from szero_jax.pipelines import stages as S
+        self.S, self.models = S, models
+        self.sampling = S.resolve(models, SamplingConfig.inversion(steps=steps, seed=seed))
+        self.plan = S.video_plan(models, self.sampling, invertible=True)
+        self.keys = S.job_keys(seed)
         # Conversion runs at guidance 1, where CFG returns the conditional output: skipping
         # the unconditional half halves the work and changes only float rounding.
-        self.cond_only = cond_only and bool(np.all(np.asarray(self.plan.guidance_scale) == 1.0))
+        self.cond_only = bool(np.all(np.asarray(self.plan.guidance_scale) == 1.0))
 
     @property
     def plan_steps(self):
         return self.plan.num_steps
 
-    def prepare(self, left):
-        """Encode, condition and invert the left clip (shared by every row of a scene)."""
-        V, m, c = self.V, self.models, self.models.config
-        video = jnp.asarray(left)[None] * 2.0 - 1.0
-        z0 = V._encode(m.vae.params, video, vae_cfg=m.vae.config, dtype=m.dtype,
-                       scale=c.scale_factor)
-        return z0, video
+    def prepare(self, left, caption):
+        """Encode, condition and invert the left clip (shared by every row of a scene):
+        (z0, context, x_T)."""
+        S, m = self.S, self.models
+        z0 = S.encode(m, jnp.asarray(left)[None])
+        ctx = S.context(m, caption, jnp.asarray(left)[None, 0], z0[:, :1], self.sampling)
+        return z0, ctx, jax.block_until_ready(S.invert(m, ctx, z0, self.plan))
 
-    def condition(self, video, z0, caption):
-        V, m, c = self.V, self.models, self.models.config
-        tokens = jnp.asarray(m.tokenizer([caption, ""]))
-        cond, uncond = V._video_conditioning(
-            {"text": m.text_encoder.params, "vision": m.image_encoder.params,
-             "resampler": m.resampler.params}, tokens, video[:, 0], z0, config=c,
-            text_cfg=m.text_encoder.config, vision_cfg=m.image_encoder.config, dtype=m.dtype,
-            num_frames=video.shape[1])
-        x_T = V._invert(m.unet.params, cond, z0, self.plan, self.fs, pred=self.pred,
-                        **self.statics)
-        return cond, uncond, x_T
-
-    def decode(self, z):
-        m = self.models
-        return np.asarray(self.V._decode(m.vae.params, z, vae_cfg=m.vae.config, dtype=m.dtype,
-                                         scale=m.config.scale_factor))
-
-    def latent_disparity(self, disparity_px, z0):
-        from szero_jax.pipelines import depth as D
-        return D.latent_disparity(disparity_px, z0.shape[2:4])
+    def _views(self, out):
+        both = np.asarray(self.S.decode(self.models, jnp.concatenate([out.left, out.right])))
+        return both[0], both[1]
 
     def szero(self, prep, disparity_px, config, pad_to=None):
         """(left [T,H,W,3], right [T,H,W,3], network evaluations) of the conversion.
-        pad_to: (E, K) to run the schedule padded (``pad_events``), so that configs of one
-        bucket share one compiled program."""
-        from szero_jax.stereo import build_events
-        z0, cond, uncond, x_T = prep
+        pad_to: (E, K) to run the schedule padded (``stereo.pad_events``), so that configs of
+        one bucket share one compiled program."""
+        from szero_jax.pipelines import depth as D
+        from szero_jax.stereo import build_events, pad_events
+        z0, ctx, x_T = prep
         events = build_events(config, self.plan.num_steps)
         nfe = int(events.step.shape[0])               # the real evaluations (not the padding)
         if pad_to is not None:
             events = pad_events(events, *pad_to)
-        key = jax.random.split(jax.random.PRNGKey(self.seed))[0]  # the pipeline's k_sample
-        sample = _szero_cond_only if self.cond_only else self.V._stereo_sample
-        d_lat = self.latent_disparity(disparity_px, z0)
-        out = sample(self.models.unet.params, cond, uncond,
-                     self.V._right_context(cond, d_lat, config), x_T, d_lat, self.plan, key,
-                     events, self.fs, pred=self.pred, **self.statics)
-        both = self.decode(jnp.concatenate([out.left, out.right], axis=0))
-        return both[0], both[1], nfe
+        d_lat = D.latent_disparity(disparity_px, z0.shape[2:4])
+        out = self.S.stereo_sample(self.models, self.S.with_right_condition(ctx, d_lat, config),
+                                   x_T, d_lat, self.plan, self.keys.sample, events,
+                                   self.cond_only)
+        return (*self._views(out), nfe)
 
     def stereodiffusion(self, prep, disparity_px, config=None):
-        from szero_jax.stereo import (StereoCrafterZeroConfig, StereoDiffusionConfig,
-                                      build_stereodiffusion_events)
-        z0, cond, uncond, x_T = prep
-        config = config or StereoDiffusionConfig()
-        events = build_stereodiffusion_events(config, self.plan.num_steps)
-        key = jax.random.PRNGKey(self.seed)
-        d_lat = self.latent_disparity(disparity_px, z0)
-        # the video model's image condition for the right view, as in StereoCrafter-Zero
-        right = self.V._right_context(cond, d_lat, StereoCrafterZeroConfig())
-        out = _sd_sample(self.models.unet.params, cond, uncond, right, x_T, d_lat, self.plan,
-                         key, events, self.fs, pred=self.pred, cond_only=self.cond_only,
-                         **self.statics)
-        both = self.decode(jnp.concatenate([out.left, out.right], axis=0))
-        return both[0], both[1], int(events.action.shape[0])
+        """StereoDiffusion's sampler on the video UNet from the same inversion, with the
+        right view's warped image condition as in StereoCrafter-Zero."""
+        from szero_jax.pipelines import depth as D
+        from szero_jax.stereo import StereoCrafterZeroConfig, StereoDiffusionConfig
+        from szero_jax.stereo import build_stereodiffusion_events
+        z0, ctx, x_T = prep
+        events = build_stereodiffusion_events(config or StereoDiffusionConfig(),
+                                              self.plan.num_steps)
+        d_lat = D.latent_disparity(disparity_px, z0.shape[2:4])
+        ctx = self.S.with_right_condition(ctx, d_lat, StereoCrafterZeroConfig())
+        out = _sd_sample(self.models.unet.params, ctx, x_T, d_lat, self.plan,
+                         jax.random.PRNGKey(self.sampling.seed), events,
+                         cond_only=self.cond_only, **self.S._statics(self.models))
+        return (*self._views(out), int(events.action.shape[0]))
 
     def vae_roundtrip(self, video01):
-        m = self.models
-        z = self.V._encode(m.vae.params, jnp.asarray(video01)[None] * 2.0 - 1.0,
-                           vae_cfg=m.vae.config, dtype=m.dtype, scale=m.config.scale_factor)
-        return self.decode(z)[0]
+        return np.asarray(self.S.decode(self.models, self.S.encode(
+            self.models, jnp.asarray(video01)[None])))[0]
 
     def tiny_depth(self, left, dissolve_step, key):
         """Relative disparity [T, H, W] of the bundle's depth model (None without one)."""
-        from szero_jax.pipelines import depth as D
-        dm = self.models.depth
-        if dm is None:
+        if self.models.depth is None:
             return None
-        plan, dplan = D.depth_plans(D.DEPTH_STEPS)
-        rel = D.video_depth(
-            {"unet": dm.unet.params, "vae": dm.vae.params, "vision": dm.image_encoder.params},
-            jnp.asarray(left)[None] * 2.0 - 1.0, key, plan, dplan, unet_cfg=dm.unet.config,
-            vae_cfg=dm.vae.config, vision_cfg=dm.image_encoder.config, dtype=self.models.dtype,
-            dissolve_step=dissolve_step, guidance_scale=D.DEPTH_GUIDANCE)
-        return np.asarray(rel[0])
-
-
-def pad_events(events, num_events: int, window: int):
-    """The same schedule as ``events`` in a program of ``num_events`` evaluations and a
-    restart window of ``window`` slots, so every config of a bucket shares one compile.
-
-    Each added evaluation is a restart event of a later round at a spare slot (>= the real
-    K) placed *before* the real events: it reads and writes only that slot's stores, never
-    advances the left view, and the first real event (round 0, slot 0, filled from the left)
-    reads none of the carry it leaves. The real events therefore compute exactly what they
-    compute unpadded; only the fixed restart noise eps' is drawn at the larger shape, and it
-    is multiplied by the DDIM sigma, 0 in conversion mode (eta 0). The padded evaluations
-    cost network time (on zeros). Tested equal to the unpadded run."""
-    e = int(events.step.shape[0])
-    k = int(events.window.shape[0])
-    extra = num_events - e
-    if extra < 0 or window < k or (extra > 0 and window < k + 1):
-        raise ValueError(f"cannot pad a schedule of {e} events / window {k} to "
-                         f"{num_events} / {window}")
-    if not (bool(events.restart[0]) and bool(events.round0[0]) and bool(events.fill_left[0])
-            and int(events.slot[0]) == 0):
-        raise ValueError("pad_events needs a schedule that starts with restart round 0 at slot "
-                         "0 filled from the left (as build_events lays it out)")
-    if extra == 0 and window == k:
-        return events
-    pad = lambda a, v: np.concatenate([np.full(extra, v, a.dtype), a])
-    return events._replace(
-        step=pad(events.step, 0), slot=pad(events.slot, window - 1),
-        restart=pad(events.restart, True), round0=pad(events.round0, False),
-        fill_left=pad(events.fill_left, False), warp=pad(events.warp, True),
-        refine=pad(events.refine, False), advance_left=pad(events.advance_left, False),
-        mode=pad(events.mode, 0), window=np.arange(window, dtype=events.window.dtype))
-
-
-def buckets(sizes, n_buckets):
-    """Split the configs' (E, K) needs (one entry per config) into <= n_buckets groups
-    minimising the padded evaluations (each config runs at its group's largest E); returns
-    {(E, K): (E_pad, K_pad)}."""
-    sizes = list(sizes)
-    items = sorted(set(sizes))
-    if not items:
-        return {}
-    es = [e for e, _ in items]
-    weight = [sizes.count(it) for it in items]       # configs per size
-    n = len(items)
-    n_buckets = max(1, min(n_buckets, n))
-    inf = float("inf")
-    # cost[j][i]: best padded total for items[:i] in j groups
-    cost = [[inf] * (n + 1) for _ in range(n_buckets + 1)]
-    cut = [[0] * (n + 1) for _ in range(n_buckets + 1)]
-    cost[0][0] = 0
-    for j in range(1, n_buckets + 1):
-        for i in range(1, n + 1):
-            for a in range(j - 1, i):
-                c = cost[j - 1][a] + es[i - 1] * sum(weight[a:i])
-                if c < cost[j][i]:
-                    cost[j][i], cut[j][i] = c, a
-    best_j = min(range(1, n_buckets + 1), key=lambda j: cost[j][n])
-    out, i, j = {}, n, best_j
-    while i > 0:
-        a = cut[j][i]
-        group = items[a:i]
-        e_pad = max(e for e, _ in group)
-        k_pad = max(k for _, k in group)
-        for e, k in group:
-            out[(e, k)] = (e_pad, k_pad + (1 if any(e2 < e_pad for e2, _ in group) else 0))
-        i, j = a, j - 1
-    return out
-
-
-def cond_only_denoiser(model_fn, cond, right=None):
-    """A stereo denoiser without the unconditional half: what ``stereo_cfg_denoiser``
-    returns at guidance 1 (no rescale), in half the network work."""
-    def denoise(x, t, plan_i, cross_view=None):
-        views = 1 if cross_view is None else 2
-        per_view = [cond] * views
-        if right and views == 2:
-            per_view[1] = {**cond, **right}
-        ctx = jax.tree.map(lambda *c: jnp.concatenate(c, axis=0), *per_view)
-        return model_fn(x, t, ctx, cross_view)
-    return denoise
-
-
-def _denoiser(params, cond, uncond, right, fs, unet_cfg, dtype, cond_only):
-    from szero_jax.pipelines.conditioning import video_model_fn
-    from szero_jax.stereo import stereo_cfg_denoiser
-    model_fn = video_model_fn(unet_cfg, dtype, params, fs, "stereo")
-    return cond_only_denoiser(model_fn, cond, right) if cond_only else stereo_cfg_denoiser(
-        model_fn, cond, uncond, right=right)
-
-
-@functools.partial(jax.jit, static_argnames=("unet_cfg", "dtype", "pred"))
-def _szero_cond_only(params, cond, uncond, right, x_T, disparity, plan, key, events, fs, *,
-                     unet_cfg, dtype, pred):
-    from szero_jax.stereo import stereocrafter_zero_run
-    denoise = _denoiser(params, cond, uncond, right, fs, unet_cfg, dtype, True)
-    return stereocrafter_zero_run(denoise, x_T, disparity, plan, key, events, pred)
+        return np.asarray(self.S.model_depth(self.models, jnp.asarray(left)[None], key,
+                                             DepthConfig(dissolve_step=dissolve_step))[0])
 
 
 @functools.partial(jax.jit, static_argnames=("unet_cfg", "dtype", "pred", "cond_only"))
-def _sd_sample(params, cond, uncond, right, x_T, disparity, plan, key, events, fs, *, unet_cfg,
-               dtype, pred, cond_only=True):
-    from szero_jax.stereo import stereodiffusion_run
-    denoise = _denoiser(params, cond, uncond, right, fs, unet_cfg, dtype, cond_only)
+def _sd_sample(params, ctx, x_T, disparity, plan, key, events, *, unet_cfg, dtype, pred,
+               cond_only):
+    from szero_jax.pipelines.conditioning import video_model_fn
+    from szero_jax.stereo import stereo_cfg_denoiser, stereodiffusion_run
+    model_fn = video_model_fn(unet_cfg, dtype, params, ctx.fs, "stereo")
+    denoise = stereo_cfg_denoiser(model_fn, ctx.cond, ctx.uncond, right=ctx.right,
+                                  cond_only=cond_only)
     return stereodiffusion_run(denoise, x_T, disparity, plan, key, events, pred)
 
 
@@ -508,7 +367,7 @@ def run_benchmark(scenes, rows, *, models=None, steps=50, seed=0, depth_sources=
                "scenes": {}, "skipped": {}}
     padding = {}
     if runner:
-        from szero_jax.stereo import build_events
+        from szero_jax.stereo import build_events, schedule_buckets
         sizes = {}
         for r in rows:
             if r.kind == "szero":
@@ -517,7 +376,7 @@ def run_benchmark(scenes, rows, *, models=None, steps=50, seed=0, depth_sources=
                 sizes[r.name] = (int(ev.step.shape[0]), int(ev.window.shape[0]))
                 results["settings"]["stereo_configs"][r.name] = dict(
                     dataclasses.asdict(cfg), evaluations=sizes[r.name][0])
-        padding = buckets(sizes.values(), compile_buckets) if compile_buckets else {}
+        padding = schedule_buckets(sizes.values(), compile_buckets) if compile_buckets else {}
         results["settings"]["compile_buckets"] = sorted({str(v) for v in padding.values()})
     for scene in scenes:
         t_scene = time.perf_counter()
@@ -548,9 +407,7 @@ def run_benchmark(scenes, rows, *, models=None, steps=50, seed=0, depth_sources=
                 raise ValueError(f"depth source {src!r}: expected gt or tiny")
         if runner and any(r.kind in ("sd", "szero") for r in rows):
             t0 = time.perf_counter()
-            z0, video = runner.prepare(scene.left)
-            cond, uncond, x_T = runner.condition(video, z0, scene.caption)
-            prep = (z0, cond, uncond, jax.block_until_ready(x_T))
+            prep = runner.prepare(scene.left, scene.caption)
             per["inversion_seconds"] = time.perf_counter() - t0
         cache = {}
         for src, m in maps.items():
@@ -659,15 +516,13 @@ def format_table(results, use_lpips=True) -> str:
 def write_json(path, results):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(results, indent=1, default=str))
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(results, indent=1, default=str))
 
 
 def main(argv):
     del argv
-    if FLAGS.compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache_dir)
+    cf.enable_compilation_cache(FLAGS.compilation_cache_dir)
     rows = select_rows(all_rows(FLAGS.quick), FLAGS.include, FLAGS.exclude)
     if FLAGS.height % 16 or FLAGS.width % 16:
         raise ValueError(f"--height/--width: multiples of 16 expected, got {FLAGS.height}x"
@@ -676,7 +531,8 @@ def main(argv):
     models = None
     if needs:
         try:
-            models = load_models(FLAGS.checkpoint, FLAGS.random_weights_for_testing)
+            models = load_models(cf.checkpoint_path(FLAGS.checkpoint),
+                                 FLAGS.random_weights_for_testing)
         except FileNotFoundError as e:
             print(f"no video model ({e}); model rows are skipped", file=sys.stderr)
     if models is not None and FLAGS.frames != models.num_frames:
@@ -726,5 +582,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_flags()
+    cf.set_defaults(steps=BENCH_STEPS, output_json="out/benchmark_stereo/results.json")
     app.run(main)

@@ -237,9 +237,9 @@ def stereo_sample(models: VideoModels, ctx: Context, x_T, disparity, plan, key, 
 
 # ----------------------------------------------------------------------------- depth
 @functools.partial(jax.jit, static_argnames=("unet_cfg", "vae_cfg", "vision_cfg", "dtype",
-                                             "dissolve_step", "guidance_scale"))
+                                             "dissolve_step", "guidance_scale", "released"))
 def _model_depth(params, video, key, plan, dissolve_plan, *, unet_cfg, vae_cfg, vision_cfg,
-                 dtype, dissolve_step, guidance_scale):
+                 dtype, dissolve_step, guidance_scale, released):
     b, t = video.shape[:2]
     frames = video.reshape((b * t,) + video.shape[2:])
     _, embeds = CLIPVisionEncoder(vision_cfg, dtype).apply(
@@ -260,14 +260,21 @@ def _model_depth(params, video, key, plan, dissolve_plan, *, unet_cfg, vae_cfg, 
     x_T = jax.random.normal(k_noise, latents.shape[:-1] + (unet_cfg.out_channels,))
     z, _ = euler_sample(guided, x_T * plan.init_noise_sigma, plan, "v_prediction")
     if dissolve_step > 0:
-        z = dissolve_depth(guided, z, dissolve_plan, dissolve_step, "v_prediction")
+        # released: the dissolving call is the conditional UNet alone (depthcrafter.py)
+        cond_only = lambda x, tt, _=None: model_fn(x, tt, cond)
+        z = dissolve_depth(cond_only if released else guided, z, dissolve_plan, dissolve_step,
+                           "v_prediction")
     img = decode_latents(vae_cfg, dtype, params["vae"], z, vae_cfg.scaling_factor)
-    return jnp.mean(img, axis=-1)
+    return img if released else jnp.mean(img, axis=-1)
 
 
-def model_depth(models: VideoModels, video01, key, depth: DepthConfig) -> jax.Array:
+def model_depth(models: VideoModels, video01, key, depth: DepthConfig,
+                released: bool = False) -> jax.Array:
     """The bundle's depth network on ``video01`` [B, T, H, W, 3] -> relative disparity
     [B, T, H, W] (near = large), dissolved at ``depth.dissolve_step`` (0 = DepthCrafter's own).
+    ``released`` (``StereoCrafterZeroConfig.released()``'s ``dissolve_cfg=False``,
+    ``depth_normalisation="none"``): the dissolving call is unguided and the decoded video
+    [B, T, H, W, 3] in [-1, 1] is returned for ``stereo.released_disparity``.
 
     DepthCrafter (``depth_crafter_ppl.py``): one CLIP image embedding per frame; noise
     augmentation of the frames (the config's ``noise_aug_strength``) before the VAE
@@ -281,4 +288,5 @@ def model_depth(models: VideoModels, video01, key, depth: DepthConfig) -> jax.Ar
                         make_euler_plan(num_steps=DISSOLVE_PLAN_STEPS),
                         unet_cfg=dm.unet.config, vae_cfg=dm.vae.config,
                         vision_cfg=dm.image_encoder.config, dtype=models.dtype,
-                        dissolve_step=depth.dissolve_step, guidance_scale=depth.guidance)
+                        dissolve_step=depth.dissolve_step, guidance_scale=depth.guidance,
+                        released=released)

@@ -9,7 +9,8 @@ conditioning (first frame as the image), then the stereo sampler from the invert
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,7 @@ from szero_jax.pipelines.bundles import VideoModels
 from szero_jax.pipelines.common import (Callback, StageTimer, check_config, check_depth,
                                         check_frames, check_prompt, check_size)
 from szero_jax.pipelines.config import DepthConfig, SamplingConfig
-from szero_jax.stereo import StereoCrafterZeroConfig, build_events
+from szero_jax.stereo import StereoCrafterZeroConfig, build_events, released_disparity
 
 
 class StereoVideo(NamedTuple):
@@ -40,6 +41,7 @@ class _Job(NamedTuple):
     depth: DepthConfig         # resolved (max_disparity filled in)
     events: object             # the stereo schedule (build_events)
     source: str                # "model" or "given"
+    released_depth: bool       # the released run's dissolving and depth scaling
 
 
 def _check_job(models, sampling, depth, stereo, depth_map, shape) -> _Job:
@@ -54,11 +56,16 @@ def _check_job(models, sampling, depth, stereo, depth_map, shape) -> _Job:
         raise ValueError("depth_map: the models have no depth network; pass a depth map "
                          "[T, H, W]")
     events = build_events(stereo, sampling.plan_steps)      # validates the stereo settings
+    if stereo.dissolve_cfg != (stereo.depth_normalisation != "none"):
+        raise ValueError("stereo: dissolve_cfg and depth_normalisation go together (the paper's "
+                         "True / 'percentiles', or the released False / 'none')")
+    if stereo.guidance_rescale is not None:                 # the released run turns it off
+        sampling = dataclasses.replace(sampling, guidance_rescale=stereo.guidance_rescale)
     if depth.max_disparity is None:
         depth = depth.__class__(**{**vars(depth), "max_disparity": models.config.max_disparity})
     if depth_map is not None:
         check_depth(depth_map, shape, "depth_map")
-    return _Job(S.resolve(models, sampling), depth, events, source)
+    return _Job(S.resolve(models, sampling), depth, events, source, not stereo.dissolve_cfg)
 
 
 def _multiple(models: VideoModels) -> int:
@@ -71,8 +78,12 @@ def _disparity(models, timer, video01, depth_map, job: _Job, key):
     if job.source == "given":
         return timer.run("depth", D.user_depth_to_disparity, check_depth(
             depth_map, video01.shape[:3], "depth_map"), d)
-    rel = timer.run("depth", S.model_depth, models, jnp.asarray(video01)[None], key, d,
+    released = job.released_depth
+    rel = timer.run("depth", S.model_depth, models, jnp.asarray(video01)[None], key, d, released,
                     total=d.evaluations)
+    if released:                          # the decoded depth as is (funcs_stereo.py)
+        px = released_disparity(rel[0], d.max_disparity)
+        return np.asarray(px), np.asarray(px / (d.max_disparity * px.shape[-1]))
     return D.model_depth_to_disparity(rel, d)
 
 
