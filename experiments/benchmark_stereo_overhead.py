@@ -18,9 +18,10 @@ import time
 
 from absl import app, flags
 
-flags.DEFINE_integer("repeats", 3, "timed runs of each (median reported)")
-flags.DEFINE_integer("steps", 50, "DDIM steps (paper: 50)")
-flags.DEFINE_integer("width", 128, "channels of the denoiser's convolutions")
+from experiments import common_flags as cf
+
+cf.declare(__name__, "repeats", "steps")
+flags.DEFINE_integer("channels", 128, "channels of the denoiser's convolutions")
 FLAGS = flags.FLAGS
 
 
@@ -79,7 +80,7 @@ def main(_):
                                   stereocrafter_zero_run)
 
     shape = (1, 4, 16, 16, 4)
-    init, apply = _denoiser(FLAGS.width, shape[-1])
+    init, apply = _denoiser(FLAGS.channels, shape[-1])
     params = init(jax.random.PRNGKey(0))
     plan = make_ddim_plan(dynamicrafter_schedule(), FLAGS.steps, "uniform_trailing", eta=1.0)
     x_T = jax.random.normal(jax.random.PRNGKey(1), shape)

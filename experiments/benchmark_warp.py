@@ -14,12 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from experiments import common_flags as cf
 from szero_jax.geometry import forward_warp
 
-flags.DEFINE_integer("repeats", 20, "timed repetitions per method (after one warm-up)")
+cf.declare(__name__, "repeats", "max_disparity")   # disparities uniform in [0, this * W)
 flags.DEFINE_integer("loop_pixels", 20000, "pixels the Python loop is timed on (extrapolated)")
-flags.DEFINE_float("max_disparity", 0.08, "disparities uniform in [0, this * W) "
-                   "(8% of the width: StereoDiffusion's shift)")
 FLAGS = flags.FLAGS
 
 # Issue 2: latents of a 16-frame 320x512 stereo batch, and one 16-frame 320x512 pixel clip.
@@ -124,4 +123,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    cf.set_defaults(repeats=20, max_disparity=0.08)   # 8 % of the width: StereoDiffusion's shift
     app.run(main)
