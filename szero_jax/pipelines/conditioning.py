@@ -1,17 +1,9 @@
-"""DynamiCrafter conditioning and the network closures the samplers call.
-
-As the released model (Doubiiu/DynamiCrafter ``scripts/evaluation/inference.py``
-``image_guided_synthesis``): text = CLIP penultimate layer of the prompt; image = all CLIP
-vision tokens of the first frame -> Resampler (16 tokens per frame), concatenated after the
-77 text tokens; unconditional = the empty prompt's embedding (``uncond_type: empty_seq``) and
-the Resampler output for a zero image (zeros in [-1, 1]); the image latent (VAE posterior
-sample x scale_factor) concatenated on channels to every frame, in both CFG halves.
-"""
+"""The networks as the samplers call them: text and image embeddings, VAE encode / decode
+of videos, and the UNet closures (``model_fn(x, t, ctx, cross_view)``). The conditioning
+context built from these is ``pipelines.stages.context``."""
 from __future__ import annotations
 
-import functools
 
-import jax
 import jax.numpy as jnp
 
 from szero_jax.models.clip import CLIPTextEncoder, CLIPVisionEncoder, preprocess_image
@@ -43,25 +35,6 @@ def image_tokens(vision_cfg, resampler_cfg, dtype, vision_params, resampler_para
     pixels = preprocess_image(images, vision_cfg.image_size)
     tokens, _ = CLIPVisionEncoder(vision_cfg, dtype).apply({"params": vision_params}, pixels)
     return Resampler(resampler_cfg, dtype).apply({"params": resampler_params}, tokens)
-
-
-@functools.partial(jax.jit, static_argnames=("config", "text_cfg", "vision_cfg", "vae_cfg",
-                                             "dtype", "num_frames"))
-def dynamicrafter_conditioning(params, tokens, image, key, *, config, text_cfg, vision_cfg,
-                               vae_cfg, dtype, num_frames):
-    """params: {"text", "vision", "resampler", "vae"}; tokens [2, L] (prompt, ""); image
-    [1, H, W, 3] in [-1, 1]. Returns (cond, uncond), each {"text": [1, L + 16 T, D],
-    "concat": [1, T, h, w, c]}."""
-    txt = text_embedding(text_cfg, dtype, params["text"], tokens)
-    both = jnp.concatenate([image, jnp.zeros_like(image)], axis=0)
-    img = image_tokens(vision_cfg, config.resampler, dtype, params["vision"],
-                       params["resampler"], both).astype(jnp.float32)
-    ctx = jnp.concatenate([txt, img], axis=1)
-    vae = vae_module(vae_cfg, dtype)
-    mean, logvar = vae.apply({"params": params["vae"]}, image, method="encode")
-    z = sample_latent(key, mean.astype(jnp.float32), logvar.astype(jnp.float32))
-    concat = jnp.repeat((z * config.scale_factor)[:, None], num_frames, axis=1)
-    return {"text": ctx[:1], "concat": concat}, {"text": ctx[1:], "concat": concat}
 
 
 def video_model_fn(unet_cfg, dtype, params, fs, stage: str):
