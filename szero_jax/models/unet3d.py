@@ -25,10 +25,26 @@ from szero_jax.models.layers import (Downsample, GroupNorm, ResBlock, Upsample, 
 _TRANSFORMER_NORM_EPS = 1e-6  # lvdm attention.SpatialTransformer/TemporalTransformer GroupNorm
 
 
+def _clip_attention(q, k, v, heads: int):
+    """Cross-attention of per-frame queries q [(B F), N, C] (frames b-major) to keys/values
+    of either the same rows or one row per clip [B, M, C] (tokens shared by its frames): the
+    clip's frames are then one query row, so the shared keys are never repeated per frame."""
+    rows, n, c = q.shape
+    if k.shape[0] == rows:
+        return multihead_attention(q, k, v, heads)
+    if rows % k.shape[0]:
+        raise ValueError(f"context rows ({k.shape[0]}) must divide the query rows ({rows})")
+    clips = k.shape[0]
+    out = multihead_attention(q.reshape(clips, rows // clips * n, c), k, v, heads)
+    return out.reshape(rows, n, c)
+
+
 class ImageCrossAttention(nn.Module):
     """lvdm ``CrossAttention`` used as ``attn2``: text tokens through ``to_k``/``to_v`` and,
     when ``image_cross_attention``, the tokens after ``text_len`` through ``to_k_ip``/``to_v_ip``;
     the two results are summed with weight ``scale`` (times ``tanh(alpha) + 1`` if learnable).
+    ``context``: [rows, L, D] tokens per query row, or a ``(text, image)`` pair whose entries
+    have one row per query row or one per clip (``_split_context``).
     ``cross_view``: ``uni_query_all`` gives the right view the left's queries in both."""
 
     query_dim: int
@@ -44,12 +60,15 @@ class ImageCrossAttention(nn.Module):
     def __call__(self, x, context, cross_view=None):
         inner = self.heads * self.dim_head
         dense = lambda name: nn.Dense(inner, use_bias=False, dtype=self.dtype, name=name)
-        text, image = context[:, :self.text_len], context[:, self.text_len:]
+        if isinstance(context, tuple):
+            text, image = context
+        else:
+            text, image = context[:, :self.text_len], context[:, self.text_len:]
         q = cross_view_queries(dense("to_q")(x), cross_view)
-        out = multihead_attention(q, dense("to_k")(text), dense("to_v")(text), self.heads)
+        out = _clip_attention(q, dense("to_k")(text), dense("to_v")(text), self.heads)
         if self.image_cross_attention:
-            out_ip = multihead_attention(q, dense("to_k_ip")(image), dense("to_v_ip")(image),
-                                         self.heads)
+            out_ip = _clip_attention(q, dense("to_k_ip")(image), dense("to_v_ip")(image),
+                                     self.heads)
             weight = self.scale
             if self.scale_learnable:
                 alpha = self.param("alpha", nn.initializers.zeros, (), jnp.float32)
@@ -84,7 +103,8 @@ class TransformerBlock(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-    """Per-frame transformer on ``[B, T, H, W, C]``; context ``[(B T), L, D]``."""
+    """Per-frame transformer on ``[B, T, H, W, C]``; context ``[(B T), L, D]`` or a
+    ``(text, image)`` pair (see ``ImageCrossAttention``)."""
 
     heads: int
     dim_head: int
@@ -135,15 +155,24 @@ class TemporalTransformer(nn.Module):
         return h.reshape(b, hh, ww, t, c).transpose(0, 3, 1, 2, 4) + x
 
 
-def _fold_context(context, frames: int, cfg: DynamiCrafterUNetConfig):
-    """[B, L, D] -> [(B T), L', D]: text repeated per frame, image tokens split per frame."""
+def _split_context(context, frames: int, cfg: DynamiCrafterUNetConfig):
+    """[B, L, D] -> (text [B, 77, D], image): the text is shared by a clip's frames; the image
+    tokens are split 16 per frame [(B T), 16, D] when ``L = 77 + 16 T``, else shared [B, L-77, D].
+    Nothing is repeated per frame (``ImageCrossAttention`` attends a clip's frames at once)."""
     b, length, d = context.shape
     n_text, n_img = cfg.text_context_len, cfg.image_tokens_per_frame
+    text, image = context[:, :n_text], context[:, n_text:]
     if length == n_text + frames * n_img:
-        text = jnp.repeat(context[:, :n_text], frames, axis=0)
-        image = context[:, n_text:].reshape(b * frames, n_img, d)
-        return jnp.concatenate([text, image], axis=1)
-    return jnp.repeat(context, frames, axis=0)
+        image = image.reshape(b * frames, n_img, d)
+    return text, image
+
+
+def _fold_context(context, frames: int, cfg: DynamiCrafterUNetConfig):
+    """[B, L, D] -> [(B T), L', D]: the original's layout, text repeated per frame, image
+    tokens split per frame (the UNet itself uses ``_split_context``)."""
+    per_frame = lambda a: a if a.shape[0] == context.shape[0] * frames else jnp.repeat(
+        a, frames, axis=0)
+    return jnp.concatenate([per_frame(a) for a in _split_context(context, frames, cfg)], axis=1)
 
 
 class UNet3D(nn.Module):
@@ -244,7 +273,7 @@ class UNet3D(nn.Module):
             fs = jnp.full((b,), cfg.default_fs) if fs is None else jnp.broadcast_to(
                 jnp.asarray(fs), (b,))
             emb = emb + mlp(timestep_embedding(fs, mc).astype(self.dtype), "fps_embedding")
-        context = _fold_context(context.astype(self.dtype), t, cfg)
+        context = _split_context(context.astype(self.dtype), t, cfg)
 
         inputs, middle, outputs = self._layer_specs()
         h, hs = x.astype(self.dtype), []
