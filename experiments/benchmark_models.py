@@ -24,6 +24,12 @@ spinning OpenMP workers, torch with 2 threads on 2 busy shared cores was 5-15x s
 
 Default sizes are small but real-shaped (reduced widths); ``--full`` adds one full-size
 configuration per network (slow on a CPU: minutes per network).
+
+``--attention_ratio`` times each network of the tiny family (random weights at the shipped
+configs and the demo's sizes; the video UNet as the stereo call: 2 views x CFG halves, a
+cross-view mode) under the default ``AttentionSettings`` and under ``attention.LEGACY`` (the
+original attention and an unchunked feed-forward), interleaved, and prints new/old per
+network (JAX only, no torch).
 """
 from __future__ import annotations
 
@@ -50,6 +56,9 @@ flags.DEFINE_bool("torch_compile", False, "also time torch.compile (default mode
 flags.DEFINE_bool("omp_passive", True, "set OMP_WAIT_POLICY=PASSIVE for torch (unless already "
                   "set): on a shared CPU, spinning OpenMP workers make torch several times slower")
 flags.DEFINE_string("output_json", "", "write the results here (JSON) as well")
+flags.DEFINE_bool("attention_ratio", False, "instead: time the tiny family's networks on the "
+                  "default attention settings (blockwise on a CPU) against the original path "
+                  "(attention.LEGACY), interleaved in one run, and print the ratio")
 FLAGS = flags.FLAGS
 
 
@@ -360,6 +369,85 @@ def all_cases(full: bool, reduced: bool, full_frames: int) -> list[Case]:
     return out
 
 
+# ----------------------------------------------------------------------------- attention paths
+def tiny_family_cases() -> list[tuple[str, str, Callable, tuple]]:
+    """(name, input shape, fn, args) for each tiny-family network at the demo's sizes."""
+    import jax
+    import jax.numpy as jnp
+    from szero_jax import tiny
+    from szero_jax.models import clip, resampler, unet3d, unet_st, vae
+    from szero_jax.models.attention import cross_view_index
+    rng = np.random.default_rng(0)
+    rand = lambda *shape: rng.standard_normal(shape).astype(np.float32)
+    lat_h, lat_w, t = tiny.HEIGHT // 4, tiny.WIDTH // 4, tiny.FRAMES
+    cases = []
+
+    def add(name, net, init_args, call=None, method=None, extra=()):
+        params = jax.jit(net.init)(jax.random.key(0), *init_args)
+        fn = (lambda p, *a: net.apply(p, *a, method=method)) if method else net.apply
+        shown = [a for a in (call or init_args) if getattr(a, "ndim", 0)]
+        cases.append((name, _shape(*shown),
+                      jax.jit(fn), (params,) + tuple(call or init_args) + tuple(extra)))
+
+    vcfg = tiny.VAE
+    ae = vae.AutoencoderKL(vcfg)
+    add("tiny_vae_decode", ae, (rand(2 * t, tiny.HEIGHT, tiny.WIDTH, 3),),
+        call=(rand(2 * t, lat_h, lat_w, vcfg.latent_channels),), method="decode")
+    text = clip.CLIPTextEncoder(tiny.TEXT)
+    add("tiny_text_encoder", text, (rng.integers(1, 30, (2, tiny.TEXT.context_length)),))
+    vision = clip.CLIPVisionEncoder(tiny.VISION)
+    add("tiny_image_encoder", vision, (rand(2, tiny.CLIP_IMAGE_SIZE, tiny.CLIP_IMAGE_SIZE, 3),))
+    rs = resampler.Resampler(tiny.RESAMPLER)
+    n_tokens = (tiny.CLIP_IMAGE_SIZE // tiny.VISION.patch_size) ** 2 + 1
+    add("tiny_resampler", rs, (rand(2, n_tokens, tiny.RESAMPLER.embedding_dim),))
+    ucfg = tiny.VIDEO_UNET
+    x = rand(4, t, lat_h, lat_w, ucfg.in_channels)  # 2 views x CFG halves
+    ctx = rand(4, ucfg.text_context_len + ucfg.image_tokens_per_frame * t, ucfg.context_dim)
+    ts, fs = np.full((4,), 500, np.int32), np.full((4,), ucfg.default_fs, np.int32)
+    add("tiny_video_unet_stereo", unet3d.UNet3D(ucfg), (x, ts, ctx, fs),
+        extra=(jnp.int32(cross_view_index("uni_query")),))
+    dcfg = tiny.DEPTH_UNET
+    add("tiny_depth_unet", unet_st.UNetSpatioTemporal(dcfg),
+        (rand(1, t, lat_h, lat_w, dcfg.in_channels), np.array([1.5], np.float32),
+         rand(1, t, dcfg.cross_attention_dim)))
+    return cases
+
+
+def attention_ratio_rows(repeats: int) -> list[dict]:
+    import jax
+    from szero_jax.models.attention import LEGACY, attention_settings, current_attention_settings
+    new = current_attention_settings()
+    rows = []
+    for name, shape, fn, args in tiny_family_cases():
+        runs = {}
+        for label, settings in (("new", new), ("old", LEGACY)):
+            def run(settings=settings):
+                with attention_settings(settings):
+                    start = time.perf_counter()
+                    jax.block_until_ready(fn(*args))
+                    return time.perf_counter() - start
+            run(), run()  # compile, warm up
+            runs[label] = run
+        times = {k: [] for k in runs}
+        for _ in range(max(repeats, 3)):  # interleaved: background load hits both alike
+            for k, r in runs.items():
+                times[k].append(r())
+        with attention_settings(LEGACY):
+            ref = [np.asarray(a, np.float32) for a in jax.tree.leaves(fn(*args))]
+        with attention_settings(new):
+            out = [np.asarray(a, np.float32) for a in jax.tree.leaves(fn(*args))]
+        err = max(float(np.abs(o - r).max() / max(np.abs(r).max(), 1e-30))
+                  for o, r in zip(out, ref))
+        row = dict(network=name, input_shape=shape,
+                   new_ms=1e3 * float(np.median(times["new"])),
+                   old_ms=1e3 * float(np.median(times["old"])), rel_err=err)
+        row["new_over_old"] = row["new_ms"] / row["old_ms"]
+        rows.append(row)
+        print("    " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                 for k, v in row.items()), flush=True)
+    return rows
+
+
 # ----------------------------------------------------------------------------- timing
 def _run_case(case: Case, repeats: int, budget_s: float, torch_compile: bool) -> dict:
     import jax
@@ -465,6 +553,19 @@ def main(argv):
         pass
     torch.set_flush_denormal(True)
 
+    if FLAGS.attention_ratio:
+        from szero_jax.models.attention import current_attention_settings
+        print(f"attention: {current_attention_settings()} vs LEGACY; threads {threads}; "
+              f"load average {os.getloadavg()[0]:.1f}", flush=True)
+        rows = attention_ratio_rows(FLAGS.repeats)
+        print("\nnetwork | input | new ms | old ms | new/old | rel err")
+        for r in rows:
+            print(f"{r['network']} | {r['input_shape']} | {r['new_ms']:.1f} | {r['old_ms']:.1f} | "
+                  f"{r['new_over_old']:.2f} | {r['rel_err']:.1e}")
+        if FLAGS.output_json:
+            with open(FLAGS.output_json, "w") as fh:
+                json.dump(dict(rows=rows), fh, indent=2)
+        return
     cases = all_cases(FLAGS.full, FLAGS.reduced, FLAGS.full_frames)
     if FLAGS.only:
         cases = [c for c in cases if any(c.name.startswith(o) for o in FLAGS.only)]
