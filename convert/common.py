@@ -1,34 +1,52 @@
-"""Shared pieces of the PyTorch -> Flax converters: safe loading and key-by-key mapping.
+"""Shared pieces of the PyTorch -> Flax converters: safe loading, key-by-key mapping, and
+conversion streamed into a checkpoint.
 
-Loading never unpickles arbitrary objects: `.safetensors` files are read with the
-safetensors numpy API, tensor by tensor; `.ckpt/.pt/.pth/.bin` go through
+Loading never unpickles arbitrary objects: `.safetensors` files are read tensor by tensor
+with plain file reads (`szero_jax.tensorfile`); `.ckpt/.pt/.pth/.bin` go through
 `torch.load(weights_only=True, mmap=True)`, which refuses any pickle that would build
 something other than tensors and plain containers.
 
-Mapping is a stream: `convert_state_dict` takes (key, array) pairs one at a time, so a
-memory-mapped PyTorch checkpoint and the growing Flax tree are never both fully in memory.
+Mapping is a stream: `convert_state_dict` takes (key, array) pairs one at a time. A
+converter describes each network as a `Job`, checks every job on shapes alone
+(`check_jobs`: all problems listed before a byte is read), then `write_checkpoint` reads,
+converts and writes one tensor at a time into a `szero_jax.checkpoints.ParamsWriter`, so
+memory holds a tensor or two, never a network, whatever the checkpoint's size.
 A key map is a pure function `torch_key -> None | (flax_path, transform) | [(path, transform), ...]`
 where `flax_path` is "a/b/c" inside the `params` collection and `transform` names a rule
 in `TRANSFORMS` or is a callable on the numpy array.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import re
-import struct
+import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
+from szero_jax import tensorfile
+
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
+OUTPUT_DTYPES = ("float32", "bfloat16")
 
 
 class ConversionError(ValueError):
     """A state dict did not map completely onto the target params."""
+
+
+def output_dtype(name: str):
+    """The numpy dtype of a converter's ``--dtype`` (the dtype params are stored in)."""
+    if name == "float32":
+        return np.dtype(np.float32)
+    if name == "bfloat16":
+        import ml_dtypes  # pylint: disable=import-outside-toplevel  (a jax dependency)
+        return np.dtype(ml_dtypes.bfloat16)
+    raise ValueError(f"dtype: expected one of {OUTPUT_DTYPES}, got {name!r}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -36,12 +54,19 @@ class ConversionError(ValueError):
 
 
 class StateDict(Mapping):
-    """A read-only, lazy view of a checkpoint's tensors: each value is read on access."""
+    """A read-only, lazy view of a checkpoint's tensors: each value is read on access.
+
+    ``stream(keys)`` yields (key, array) pairs and, once the consumer asks for the next
+    pair, gives the previous tensor's pages back (``release``): a memory-mapped ``.ckpt``
+    would otherwise keep every page it was read through resident.
+    """
 
     def __init__(self, keys: list[str], getter: Callable[[str], np.ndarray],
-                 shapes: dict[str, tuple[int, ...]]):
+                 shapes: dict[str, tuple[int, ...]],
+                 release: Optional[Callable[[str], None]] = None):
         self._keys = list(keys)
         self._getter = getter
+        self._release = release
         self.shapes = shapes
 
     def __getitem__(self, key: str) -> np.ndarray:
@@ -55,44 +80,29 @@ class StateDict(Mapping):
     def __len__(self) -> int:
         return len(self._keys)
 
+    def release(self, key: str) -> None:
+        """Drops the resident pages ``key`` was read through (a no-op for copied reads)."""
+        if self._release is not None:
+            self._release(key)
 
-def _safetensors_raw_reader(path: Path):
-    """Reads tensors numpy cannot name (bfloat16, float8) straight from the file via ml_dtypes."""
-    import ml_dtypes  # pylint: disable=import-outside-toplevel  (a jax dependency)
-    dtypes = {"BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn,
-              "F8_E5M2": ml_dtypes.float8_e5m2}
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-
-    def read(key: str) -> np.ndarray:
-        info = header[key]
-        if info["dtype"] not in dtypes:
-            raise ValueError(f"path: {path} tensor {key!r} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        raw = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n + start, shape=(end - start,))
-        return np.array(raw).view(dtypes[info["dtype"]]).reshape(info["shape"]).astype(np.float32)
-    return read
+    def stream(self, keys: Optional[Iterable[str]] = None) -> Iterator[tuple[str, np.ndarray]]:
+        for key in self._keys if keys is None else keys:
+            yield key, self[key]
+            self.release(key)
 
 
 def _load_safetensors(path: Path) -> StateDict:
-    from safetensors import SafetensorError, safe_open  # pylint: disable=import-outside-toplevel
     try:
-        handle = safe_open(str(path), framework="np")
-    except (SafetensorError, OSError) as e:
+        handle = tensorfile.TensorFile(path)
+    except OSError as e:
         raise ValueError(f"path: {path} is not a readable safetensors file: {e}") from e
-    keys = list(handle.keys())
-    shapes, raw_keys = {}, set()
-    for k in keys:
-        sl = handle.get_slice(k)
-        shapes[k] = tuple(sl.get_shape())
-        if sl.get_dtype() in ("BF16", "F8_E4M3", "F8_E5M2"):
-            raw_keys.add(k)
-    raw = _safetensors_raw_reader(path) if raw_keys else None
 
     def get(k: str) -> np.ndarray:
-        return raw(k) if k in raw_keys else handle.get_tensor(k)
-    return StateDict(keys, get, shapes)
+        arr = handle[k]
+        if handle.info[k]["dtype"] in ("BF16", "F8_E4M3", "F8_E5M2"):
+            arr = arr.astype(np.float32)  # the transforms and callers get native numpy floats
+        return arr
+    return StateDict(list(handle), get, handle.shapes)
 
 
 def _unwrap(obj: Any, path: Path) -> dict:
@@ -107,16 +117,47 @@ def _unwrap(obj: Any, path: Path) -> dict:
     return dict(obj)
 
 
+_MADV_DONTNEED = 4  # <sys/mman.h>, Linux
+
+
+def _page_releaser() -> Optional[Callable[[Any], None]]:
+    """``release(tensor)``: madvise(MADV_DONTNEED) over a memory-mapped tensor's pages.
+
+    The pages are a read-only use of a file mapping, so dropping them loses nothing (a later
+    access reads them from the file again); only the resident set shrinks. None where libc
+    has no madvise: the conversion still works, holding more resident memory.
+    """
+    import ctypes  # pylint: disable=import-outside-toplevel
+    import mmap  # pylint: disable=import-outside-toplevel
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    page = mmap.PAGESIZE
+
+    def release(t) -> None:
+        storage = t.untyped_storage()
+        ptr, n = storage.data_ptr(), storage.nbytes()
+        if n:
+            start, end = ptr // page * page, -(-(ptr + n) // page) * page
+            madvise(start, end - start, _MADV_DONTNEED)
+    return release
+
+
 def _load_torch(path: Path) -> StateDict:
     import pickle  # pylint: disable=import-outside-toplevel  (for the exception type only)
     import torch  # pylint: disable=import-outside-toplevel
+    mapped = True
     try:
         try:
             obj = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
         except RuntimeError as e:
             if "mmap" not in str(e):  # legacy (non-zip) files cannot be memory-mapped
                 raise
-            obj = torch.load(path, weights_only=True, map_location="cpu")
+            obj, mapped = torch.load(path, weights_only=True, map_location="cpu"), False
     except pickle.UnpicklingError as e:
         raise ValueError(
             f"path: refused to load {path}: it is not a weights-only checkpoint (its pickle "
@@ -126,13 +167,20 @@ def _load_torch(path: Path) -> StateDict:
                          f"{type(e).__name__}: {e}") from e
     state = _unwrap(obj, path)
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    # Only pages of the mapped file may be dropped: in a legacy file's anonymous (read-in)
+    # copy, MADV_DONTNEED would zero the data.
+    release_pages = _page_releaser() if mapped else None
 
     def get(k: str) -> np.ndarray:
         t = tensors[k].detach()
         if t.dtype.is_floating_point and (t.dtype == torch.bfloat16 or t.itemsize == 1):
             t = t.to(torch.float32)  # numpy has no bfloat16 / float8
         return t.numpy()
-    return StateDict(list(tensors), get, {k: tuple(v.shape) for k, v in tensors.items()})
+
+    def release(k: str) -> None:
+        release_pages(tensors[k])
+    return StateDict(list(tensors), get, {k: tuple(v.shape) for k, v in tensors.items()},
+                     release if release_pages else None)
 
 
 def load_state_dict(path: str | os.PathLike) -> StateDict:
@@ -158,7 +206,7 @@ def load_safetensors_dir(paths: Iterable[str | os.PathLike]) -> StateDict:
             if k in owner:
                 raise ValueError(f"paths: key {k!r} appears in more than one file")
             owner[k], shapes[k] = part, part.shapes[k]
-    return StateDict(list(owner), lambda k: owner[k][k], shapes)
+    return StateDict(list(owner), lambda k: owner[k][k], shapes, lambda k: owner[k].release(k))
 
 
 # ---------------------------------------------------------------------------------------
@@ -280,10 +328,11 @@ def convert_state_dict(
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Yields (flax_path, array) for every PyTorch tensor, then checks completeness.
 
-    state_items: (torch_key, array) pairs, e.g. `load_state_dict(p).items()` (lazy).
+    state_items: (torch_key, array) pairs, e.g. `load_state_dict(p).stream()` (lazy).
     keymap_fn:   torch_key -> None (unmapped) | (path, transform) | list of those.
     target:      the params the arrays must fill (see `target_shapes`).
     dropped:     key prefixes (str) or compiled regexes of keys to skip knowingly.
+    dtype:       floating-point arrays are cast to it (None: kept as read).
     copy:        False yields views as the transforms leave them (shape checks only).
     After the last pair, raises one `ConversionError` listing every unmapped torch key,
     every target path left unfilled or filled twice, and every shape mismatch.
@@ -325,9 +374,9 @@ def convert_state_dict(
                     f"expected {shapes[path]}")
                 continue
             filled.add(path)
-            if copy:
-                if np.issubdtype(arr.dtype, np.floating) and dtype is not None:
-                    arr = arr.astype(dtype)
+            if copy:  # one pass: cast and lay out (no copy when both already hold)
+                if tensorfile.is_float(arr.dtype) and dtype is not None:
+                    arr = arr.astype(dtype, order="C", copy=False)
                 arr = np.ascontiguousarray(arr)
             yield path, arr
     problems["Flax params missing"] = [f"{p} {shapes[p]}" for p in shapes if p not in filled]
@@ -351,3 +400,119 @@ def convert_to_tree(state_items: Iterable[tuple[str, np.ndarray]], keymap_fn, ta
                     dropped=(), dtype=np.float32) -> dict:
     """`convert_state_dict` collected into the nested params dict (without a 'params' key)."""
     return unflatten(dict(convert_state_dict(state_items, keymap_fn, target, dropped, dtype)))
+
+
+# ---------------------------------------------------------------------------------------
+# Streaming conversion into a checkpoint.
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Job:
+    """One network of an output checkpoint: the source tensors it reads and how they map.
+
+    name:    label for progress and error messages (e.g. "unet").
+    state:   the source tensors (lazy, from `load_state_dict`).
+    keymap, target, dropped: as in `convert_state_dict`; the key map's paths are the
+             checkpoint's param paths (DynamiCrafter's parts prefix theirs, "unet/...").
+    select:  which of the state's keys belong to this network (None: all of them).
+    """
+    name: str
+    state: StateDict
+    keymap: Callable[[str], Any]
+    target: Any
+    dropped: tuple = ()
+    select: Optional[Callable[[str], bool]] = None
+
+    def keys(self) -> list[str]:
+        """Source keys this job reads, in the file's order: selected and not dropped."""
+        return [k for k in self.state if (self.select is None or self.select(k))
+                and not _is_dropped(k, self.dropped)]
+
+
+def check_jobs(jobs: Iterable[Job], ignored: Iterable[str | re.Pattern] = ()) -> None:
+    """Maps every job on shapes alone and raises one `ConversionError` listing the problems
+    of all of them, plus the keys of their sources that no job selects and `ignored` does
+    not name. Reads no tensor data."""
+    jobs, ignored = list(jobs), tuple(ignored)
+    problems = []
+    for job in jobs:
+        shapes = {k: job.state.shapes[k] for k in job.keys()}
+        try:
+            check_keymap(shapes, job.keymap, job.target, job.dropped)
+        except ConversionError as e:
+            problems.append(f"{job.name}: {e}")
+    states = {id(j.state): j.state for j in jobs}
+    for state in states.values():
+        mine = [j for j in jobs if j.state is state]
+        left = [f"{k} {state.shapes[k]}" for k in state if not _is_dropped(k, ignored)
+                and not any(j.select is None or j.select(k) for j in mine)]
+        if left:
+            problems.append(_format_problems({"unmapped PyTorch keys": left}))
+    if problems:
+        raise ConversionError("state dict does not map onto the Flax params:\n"
+                              + "\n".join(problems))
+
+
+def target_specs(target: Any, dtype) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """{path: (shape, dtype)} of the params a target holds: floats in ``dtype``, other
+    leaves (none in the current networks) in their own dtype."""
+    tree = target["params"] if isinstance(target, Mapping) and set(target) == {"params"} else target
+    flat = flatten(tree)
+    out = {}
+    for path, leaf in flat.items():
+        leaf_dtype = getattr(leaf, "dtype", np.float32)
+        out[path] = (tuple(leaf.shape), dtype if tensorfile.is_float(leaf_dtype) else leaf_dtype)
+    return out
+
+
+class Progress:
+    """Per-network progress on stderr: a tqdm bar (tensors done, bytes written) on a
+    terminal, and a start and an end line either way (logs, tests)."""
+
+    def __init__(self, name: str, tensors: int, nbytes: int, dtype, file=None):
+        from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+        self.name, self.total, self.nbytes = name, tensors, nbytes
+        self.done = self.written = 0
+        self.file = file or sys.stderr
+        self.start = time.time()
+        print(f"{name}: converting {tensors} tensors, {nbytes / 1e9:.2f} GB as "
+              f"{np.dtype(dtype).name}", file=self.file, flush=True)
+        self.bar = tqdm(total=nbytes, desc=name, unit="B", unit_scale=True, leave=False,
+                        file=self.file, disable=not getattr(self.file, "isatty", lambda: False)(),
+                        mininterval=0.5)
+
+    def update(self, nbytes: int) -> None:
+        self.done += 1
+        self.written += nbytes
+        self.bar.update(nbytes)
+        self.bar.set_postfix_str(f"{self.done}/{self.total} tensors", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+        print(f"{self.name}: {self.done}/{self.total} tensors, {self.written / 1e9:.2f} GB "
+              f"written in {time.time() - self.start:.0f} s", file=self.file, flush=True)
+
+
+def write_checkpoint(path: str | os.PathLike, jobs: Iterable[Job], config: Any, family: str,
+                     dtype, overwrite: bool = False) -> Path:
+    """Converts ``jobs`` (checked first, see `check_jobs`) into one checkpoint at ``path``,
+    tensor by tensor, network by network, with floats stored in ``dtype``."""
+    from szero_jax import checkpoints  # pylint: disable=import-outside-toplevel
+    jobs, dtype = list(jobs), np.dtype(dtype)
+    specs: dict[str, tuple] = {}
+    per_job = []
+    for job in jobs:
+        mine = target_specs(job.target, dtype)
+        clash = sorted(set(mine) & set(specs))
+        if clash:
+            raise ValueError(f"jobs: {job.name} fills params another job fills: {clash[:5]}")
+        specs.update(mine)
+        per_job.append(mine)
+    with checkpoints.ParamsWriter(path, specs, config, family, overwrite) as writer:
+        for job, mine in zip(jobs, per_job):
+            nbytes = sum(int(np.prod(s)) * np.dtype(d).itemsize for s, d in mine.values())
+            progress = Progress(job.name, len(mine), nbytes, dtype)
+            for p, arr in convert_state_dict(job.state.stream(job.keys()), job.keymap,
+                                             job.target, job.dropped, dtype):
+                progress.update(writer.write(p, arr))
+            progress.close()
+    return Path(path)

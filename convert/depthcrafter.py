@@ -1,26 +1,25 @@
 """Convert DepthCrafter: its UNet plus SVD-xt's VAE (temporal decoder) and image encoder.
 
-    python -m convert.depthcrafter --unet_dir DepthCrafter --svd_dir stable-video-diffusion-img2vid-xt \
-        --output_dir ckpt/dynamicrafter_512
+    python -m convert.depthcrafter --checkpoint DepthCrafter --svd_dir stable-video-diffusion-img2vid-xt \
+        --output_dir ckpt/dynamicrafter_512 [--dtype bfloat16] [--variant fp16]
 
-``--unet_dir`` is the DepthCrafter diffusers folder (holding ``unet/``, or the ``unet`` folder
-itself); ``--svd_dir`` holds SVD-xt's ``vae/`` and ``image_encoder/`` (default: ``--unet_dir``).
+``--checkpoint`` is the DepthCrafter diffusers folder (holding ``unet/``, or the ``unet`` folder
+itself); ``--svd_dir`` holds SVD-xt's ``vae/`` and ``image_encoder/`` (default: ``--checkpoint``).
 Writes ``<output_dir>/depth_unet`` (family ``unet_st``), ``/depth_vae`` (``temporal_vae``) and
 ``/depth_image_encoder`` (``clip_vision``), the layout `szero_jax.pipelines.bundles` reads
 beside a video model: point ``--output_dir`` at a converted DynamiCrafter checkpoint to attach
 the depth model to it. Loading is weights-only; every tensor must map onto a Flax param of the
-right shape, else the converter fails listing every problem.
+right shape, else the converter fails listing every problem (on shapes, before any weight is
+read); then each network is streamed tensor by tensor into its file.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-import numpy as np
-from absl import app, flags
-
-from convert.stable_diffusion import (_check_options, _per_level, _shapes, np_dtype, read_json,
-                                      run_jobs, save_all)
+from convert import common
+from convert.stable_diffusion import (_check_options, _per_level, _shapes, component_job,
+                                      read_json, write_components)
 from szero_jax.models import clip_keymaps
 from szero_jax.models import configs as C
 from szero_jax.models import vae_keymaps
@@ -110,33 +109,33 @@ def unet_folder(unet_dir: Path) -> Path:
     return unet_dir / "unet" if (unet_dir / "unet" / "config.json").is_file() else unet_dir
 
 
-def convert_components(unet_dir: Path, svd_dir: Path, variant: Optional[str] = None,
-                       dtype: Any = np.float32) -> dict:
-    """{output name: (params, config, family)}; raises ConversionError listing every problem."""
+def components(unet_dir: Path, svd_dir: Path, variant: Optional[str] = None) -> dict:
+    """{output name: (Job, config, family)} (configs read, weights opened lazily)."""
     ufolder = unet_folder(unet_dir)
     unet_cfg = unet_st_config_from_diffusers(read_json(ufolder / "config.json", "unet_dir"))
     vae_cfg = C.TemporalVAEConfig.from_diffusers(read_json(svd_dir / "vae" / "config.json", "svd_dir"))
     vis_cfg = clip_vision_config_from_hf(read_json(svd_dir / "image_encoder" / "config.json", "svd_dir"))
-    out = run_jobs(ufolder.parent, {ufolder.name: (
-        unet_cfg, "unet_st", diffusers_unet_key, unet_st_shapes(unet_cfg), ())}, variant, dtype)
-    out.update(run_jobs(svd_dir, {
-        "vae": (vae_cfg, "temporal_vae", vae_keymaps.temporal_keymap(vae_cfg),
-                temporal_vae_shapes(vae_cfg), ()),
-        "image_encoder": (vis_cfg, "clip_vision", clip_keymaps.hf_vision_keymap(),
-                          vision_shapes(vis_cfg), ("vision_model.embeddings.position_ids",))},
-        variant, dtype))
-    return {OUTPUTS["unet"]: out.pop(ufolder.name), OUTPUTS["vae"]: out["vae"],
-            OUTPUTS["image_encoder"]: out["image_encoder"]}
+    return {
+        OUTPUTS["unet"]: (component_job(ufolder.name, ufolder.parent, variant, diffusers_unet_key,
+                                        unet_st_shapes(unet_cfg)), unet_cfg, "unet_st"),
+        OUTPUTS["vae"]: (component_job("vae", svd_dir, variant, vae_keymaps.temporal_keymap(vae_cfg),
+                                       temporal_vae_shapes(vae_cfg)), vae_cfg, "temporal_vae"),
+        OUTPUTS["image_encoder"]: (component_job(
+            "image_encoder", svd_dir, variant, clip_keymaps.hf_vision_keymap(),
+            vision_shapes(vis_cfg), ("vision_model.embeddings.position_ids",)),
+            vis_cfg, "clip_vision")}
 
 
 def run(checkpoint: str, output_dir: str, svd_dir: Optional[str] = None,
-        variant: Optional[str] = None, dtype: str = "float32", overwrite: bool = False) -> Path:
-    """Converts DepthCrafter (``checkpoint``: its folder) + SVD-xt parts into ``output_dir``.
+        variant: Optional[str] = None, dtype: str = "float32", overwrite: bool = False) -> list[Path]:
+    """Converts DepthCrafter (``checkpoint``: its folder) + SVD-xt parts into ``output_dir``;
+    returns the three written checkpoints.
 
     (``checkpoint`` names the UNet folder so `experiments/convert.py --checkpoint` can
     dispatch here; ``svd_dir`` defaults to it.)
     """
     unet_dir, out = Path(checkpoint), Path(output_dir)
+    np_dtype = common.output_dtype(dtype)
     svd = Path(svd_dir) if svd_dir else unet_dir
     for name, path in (("unet_dir", unet_dir), ("svd_dir", svd)):
         if not path.is_dir():
@@ -144,31 +143,9 @@ def run(checkpoint: str, output_dir: str, svd_dir: Optional[str] = None,
     existing = [n for n in OUTPUTS.values() if (out / n).exists()]
     if existing and not overwrite:
         raise ValueError(f"output_dir: {out} already has {existing}; pass --overwrite to replace")
-    save_all(convert_components(unet_dir, svd, variant, np_dtype(dtype)), out, overwrite)
-    return out
-
-
-def _define_flags():
-    """Flags are defined only when run as a script, so importing `run` clashes with no one."""
-    flags.DEFINE_string("unet_dir", None, "DepthCrafter diffusers folder (with unet/) or its unet/")
-    flags.DEFINE_string("svd_dir", None, "SVD-xt diffusers folder with vae/ and image_encoder/ "
-                        "(default: --unet_dir)")
-    flags.DEFINE_string("output_dir", None, "Directory for depth_unet/, depth_vae/, "
-                        "depth_image_encoder/ (e.g. a converted DynamiCrafter checkpoint)")
-    flags.DEFINE_string("variant", None, "Weight file variant, e.g. fp16 (default: the plain files)")
-    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Stored parameter dtype")
-    flags.DEFINE_bool("overwrite", False, "Replace existing outputs")
-
-
-def main(argv):
-    del argv
-    f = flags.FLAGS
-    if not f.unet_dir or not f.output_dir:
-        raise app.UsageError("--unet_dir and --output_dir are required")
-    out = run(f.unet_dir, f.output_dir, f.svd_dir, f.variant, f.dtype, f.overwrite)
-    print(f"wrote {', '.join(str(out / n) for n in OUTPUTS.values())}")
+    return write_components(components(unet_dir, svd, variant), out, np_dtype, overwrite)
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    from experiments import convert as launcher  # pylint: disable=import-outside-toplevel
+    launcher.run_as("depthcrafter")

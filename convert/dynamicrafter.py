@@ -1,25 +1,31 @@
 """Convert a released DynamiCrafter checkpoint (``.ckpt``/``.pt`` or ``.safetensors``) to a
-szero_jax checkpoint: one orbax params tree ``{"unet", "resampler", "vae", "text_encoder",
+szero_jax checkpoint: one params file holding ``{"unet", "resampler", "vae", "text_encoder",
 "image_encoder"}`` plus the ``DynamiCrafterConfig`` as JSON (family ``"dynamicrafter"``).
 
-    python -m convert.dynamicrafter --ckpt model_512.ckpt --output_dir ckpt/dc512 \
-        --config dynamicrafter_512
+    python -m convert.dynamicrafter --checkpoint model_512.ckpt --output_dir ckpt/dc512 \
+        --config dynamicrafter_512 [--dtype bfloat16] [--parts unet,resampler]
 
-Loading is weights-only (a pickle that asks for anything but tensors is refused); tensors
-are read one at a time from the memory-mapped file. Every checkpoint key must map onto a
-Flax param of the right shape or be knowingly dropped (the diffusion wrapper's schedule
-buffers, OpenCLIP's unused towers, and the parts left out with ``--parts``).
+(the same as ``python -m experiments.convert --family dynamicrafter ...``). Loading is
+weights-only (a pickle that asks for anything but tensors is refused). Every checkpoint key
+must map onto a Flax param of the right shape or be knowingly dropped (the diffusion
+wrapper's schedule buffers, OpenCLIP's unused towers, and the parts left out with
+``--parts``); this is checked on shapes before any weight is read. Then the parts are
+converted one after the other, tensor by tensor, from the memory-mapped file straight into
+the output file, so memory stays at a few hundred MB whatever the checkpoint's size.
 """
 from __future__ import annotations
 
-import os
+import json
+from pathlib import Path
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from convert import common
-from convert.keymaps_dynamicrafter import PARTS, checkpoint_dropped, checkpoint_keymap
+from convert.keymaps_dynamicrafter import (DROPPED_BUFFERS, PARTS, checkpoint_dropped,
+                                           checkpoint_keymap)
 from szero_jax.models import configs
 from szero_jax.models.clip import CLIPTextEncoder, CLIPVisionEncoder
 from szero_jax.models.configs import DynamiCrafterConfig
@@ -28,6 +34,7 @@ from szero_jax.models.unet3d import UNet3D
 from szero_jax.models.vae import AutoencoderKL
 
 FAMILY = "dynamicrafter"
+DEFAULT_CONFIG = "dynamicrafter_512"
 
 
 def _init_shapes(module, *args):
@@ -58,8 +65,61 @@ def part_shapes(config: DynamiCrafterConfig, part: str):
     raise ValueError(f"part: expected one of {tuple(PARTS)}, got {part!r}")
 
 
+def check_parts(parts) -> tuple:
+    parts = tuple(parts) if parts else tuple(PARTS)
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or len(set(parts)) != len(parts):
+        raise ValueError(f"--parts: expected distinct names from {list(PARTS)}, got {list(parts)}")
+    return parts
+
+
+def resolve_config(value: Optional[str]) -> DynamiCrafterConfig:
+    """A registered config name (default dynamicrafter_512), a config JSON file, or a
+    converted checkpoint folder (its config.json)."""
+    from szero_jax import checkpoints  # pylint: disable=import-outside-toplevel
+    value = value or DEFAULT_CONFIG
+    path = Path(value)
+    if path.suffix == ".json" or path.is_file() or path.is_dir():
+        if path.is_dir():
+            path = path / checkpoints.CONFIG_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"--config: no config file at {path}")
+        try:
+            meta = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--config: {path} is not valid JSON: {e}") from e
+        cfg = checkpoints._decode(meta.get("config", meta) if isinstance(meta, dict) else meta)  # pylint: disable=protected-access
+    else:
+        try:
+            cfg = configs.get(value)
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"--config: {value!r} is neither a registered config nor a JSON "
+                             f"file ({e})") from e
+    if not isinstance(cfg, DynamiCrafterConfig):
+        raise ValueError(f"--config: {value!r} is a {type(cfg).__name__}, expected a "
+                         "DynamiCrafter configuration")
+    return cfg
+
+
+def jobs(state: common.StateDict, config: DynamiCrafterConfig, parts=tuple(PARTS)) -> list:
+    """One `convert.common.Job` per part, selecting its keys by checkpoint prefix."""
+    out = []
+    for part in check_parts(parts):
+        prefix = PARTS[part][0]
+        out.append(common.Job(part, state, checkpoint_keymap(config, (part,)),
+                              {part: part_shapes(config, part)}, checkpoint_dropped((part,)),
+                              select=lambda k, p=prefix: k.startswith(p)))
+    return out
+
+
+def ignored(parts) -> tuple:
+    """Keys no part reads, knowingly: schedule buffers and the parts left out."""
+    return DROPPED_BUFFERS + tuple(PARTS[p][0] for p in PARTS if p not in parts)
+
+
 def convert_state(state, config: DynamiCrafterConfig, parts=tuple(PARTS), dtype=np.float32):
-    """Maps a {torch key: array} mapping (lazy is fine) onto ``{part: params}``.
+    """Maps a {torch key: array} mapping (lazy is fine) onto ``{part: params}`` in memory
+    (small checkpoints and tests; `run` streams to disk instead).
 
     Raises ``convert.common.ConversionError`` listing every unmapped, missing or mis-shaped key.
     """
@@ -69,31 +129,28 @@ def convert_state(state, config: DynamiCrafterConfig, parts=tuple(PARTS), dtype=
 
 
 def convert_checkpoint(path, config: DynamiCrafterConfig, parts=tuple(PARTS), dtype=np.float32):
-    """Loads ``path`` safely (``convert.common.load_state_dict``) and converts it."""
+    """Loads ``path`` safely (``convert.common.load_state_dict``) and converts it in memory."""
     return convert_state(common.load_state_dict(path), config, parts, dtype)
 
 
-def main(argv):
-    del argv
-    from absl import flags  # pylint: disable=import-outside-toplevel
-    from szero_jax import checkpoints  # pylint: disable=import-outside-toplevel
-    f = flags.FLAGS
-    config = configs.get(f.config)
-    if not isinstance(config, DynamiCrafterConfig):
-        raise ValueError(f"config: {f.config!r} is not a DynamiCrafter configuration")
-    params = convert_checkpoint(f.ckpt, config, tuple(f.parts))
-    out = checkpoints.save_params(os.path.abspath(f.output_dir), params, config, FAMILY,
-                                  overwrite=f.overwrite)
-    n = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
-    print(f"wrote {out}: {', '.join(params)} ({n / 1e6:.1f} M params)")
+def run(checkpoint: str, output_dir: str, config: Optional[str] = None, parts=None,
+        dtype: str = "float32", overwrite: bool = False) -> list[Path]:
+    """Converts ``checkpoint`` into the checkpoint directory ``output_dir``; returns [it].
+
+    ``config``: see `resolve_config`; ``parts``: subset of PARTS (default all); ``dtype``:
+    float32 or bfloat16, the dtype the params are stored in.
+    """
+    cfg, parts, np_dtype = resolve_config(config), check_parts(parts), common.output_dtype(dtype)
+    out = Path(output_dir)
+    if out.exists() and not overwrite:
+        raise ValueError(f"--output_dir: {out} already exists; pass --overwrite to replace it")
+    state = common.load_state_dict(checkpoint)
+    todo = jobs(state, cfg, parts)
+    common.check_jobs(todo, ignored(parts))
+    common.write_checkpoint(out.resolve(), todo, cfg, FAMILY, np_dtype, overwrite)
+    return [out]
 
 
 if __name__ == "__main__":
-    from absl import app, flags  # pylint: disable=import-outside-toplevel
-    flags.DEFINE_string("ckpt", None, "DynamiCrafter .ckpt/.pt/.safetensors file", required=True)
-    flags.DEFINE_string("output_dir", None, "checkpoint directory to write", required=True)
-    flags.DEFINE_string("config", "dynamicrafter_512",
-                        "registered config: dynamicrafter_256 / _512 / _1024")
-    flags.DEFINE_list("parts", list(PARTS), f"parts to convert (others are dropped): {list(PARTS)}")
-    flags.DEFINE_bool("overwrite", False, "replace an existing output_dir")
-    app.run(main)
+    from experiments import convert as launcher  # pylint: disable=import-outside-toplevel
+    launcher.run_as(FAMILY)

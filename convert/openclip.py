@@ -1,13 +1,15 @@
 """Convert an OpenCLIP checkpoint (ViT-H-14 by default) into text and vision checkpoints.
 
-    python -m convert.openclip --checkpoint open_clip_pytorch_model.bin --output_dir out/openclip
+    python -m convert.openclip --checkpoint open_clip_pytorch_model.bin --output_dir out/openclip \
+        [--dtype bfloat16]
 
-Writes ``<output_dir>/text`` and ``<output_dir>/vision`` (`szero_jax.checkpoints.save_params`,
+Writes ``<output_dir>/text`` and ``<output_dir>/vision`` (`szero_jax.checkpoints` format,
 families ``clip_text`` / ``clip_vision``) and ``<output_dir>/tokenizer/`` holding OpenCLIP's
 ``bpe_simple_vocab_16e6.txt.gz``, copied from the installed ``open_clip`` package (or from
 ``--bpe_vocab``) so `szero_jax.models.tokenizer.CLIPBPETokenizer.from_openclip_vocab` runs
 offline. Loading is safe (safetensors, or ``torch.load(weights_only=True)``); every key must map
-or be knowingly dropped (``logit_scale``), else the converter lists the problems and fails.
+or be knowingly dropped (``logit_scale``), else the converter lists the problems and fails
+before reading any weight; the towers are then streamed tensor by tensor into their files.
 """
 from __future__ import annotations
 
@@ -16,10 +18,7 @@ import json
 import shutil
 from pathlib import Path
 
-from absl import app, flags
-
 from convert import common
-from szero_jax import checkpoints
 from szero_jax.models import clip_keymaps as km
 from szero_jax.models import configs
 
@@ -67,29 +66,26 @@ def _shapes(module, *example):
     return jax.eval_shape(module.init, jax.random.key(0), *example)
 
 
-def convert(state: common.StateDict, text_cfg, vision_cfg) -> tuple[dict, dict]:
-    """(text params, vision params) from an OpenCLIP state dict, tensor by tensor."""
+def jobs(state: common.StateDict, text_cfg, vision_cfg) -> list[common.Job]:
+    """The text and the vision tower as `convert.common.Job`s (split by the ``visual.`` prefix)."""
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     from szero_jax.models import clip  # pylint: disable=import-outside-toplevel
     s = vision_cfg.image_size
     text_target = _shapes(clip.CLIPTextEncoder(text_cfg),
                           jnp.zeros((1, text_cfg.context_length), jnp.int32))
     vision_target = _shapes(clip.CLIPVisionEncoder(vision_cfg), jnp.zeros((1, s, s, 3)))
-    # Each pass reads only its own tower's tensors (the other tower is dropped unread).
-    text_keys = [k for k in state if not k.startswith("visual.")]
-    vision_keys = [k for k in state if k.startswith("visual.")]
-    towers, problems = [], []
-    for name, keys, keymap, target, dropped in (
-            ("text", text_keys, km.openclip_text_keymap(), text_target, km.openclip_text_dropped()),
-            ("vision", vision_keys, km.openclip_vision_keymap(), vision_target, ())):
-        try:
-            towers.append(common.convert_to_tree(((k, state[k]) for k in keys), keymap, target,
-                                                 dropped))
-        except common.ConversionError as e:  # report both towers' problems together
-            problems.append(f"{name} tower: {e}")
-    if problems:
-        raise common.ConversionError("\n".join(problems))
-    return towers[0], towers[1]
+    return [common.Job("text", state, km.openclip_text_keymap(), text_target,
+                       km.openclip_text_dropped(), select=lambda k: not k.startswith("visual.")),
+            common.Job("vision", state, km.openclip_vision_keymap(), vision_target,
+                       select=lambda k: k.startswith("visual."))]
+
+
+def convert(state: common.StateDict, text_cfg, vision_cfg) -> tuple[dict, dict]:
+    """(text params, vision params) from an OpenCLIP state dict, in memory (`run` streams)."""
+    text, vision = jobs(state, text_cfg, vision_cfg)
+    common.check_jobs((text, vision))   # both towers' problems together
+    return tuple(common.convert_to_tree(((k, state[k]) for k in j.keys()), j.keymap, j.target,
+                                        j.dropped) for j in (text, vision))
 
 
 def default_bpe_vocab() -> Path | None:
@@ -102,8 +98,10 @@ def default_bpe_vocab() -> Path | None:
 
 
 def run(checkpoint: str, output_dir: str, model_config: str | None = None,
-        bpe_vocab: str | None = None, overwrite: bool = False) -> Path:
-    """Converts ``checkpoint`` into ``output_dir/{text,vision,tokenizer}``; returns output_dir."""
+        bpe_vocab: str | None = None, dtype: str = "float32", overwrite: bool = False) -> list[Path]:
+    """Converts ``checkpoint`` into ``output_dir/{text,vision,tokenizer}``; returns the two
+    checkpoints. ``dtype``: float32 or bfloat16, the dtype the params are stored in."""
+    np_dtype = common.output_dtype(dtype)
     if model_config:
         path = Path(model_config)
         if not path.is_file():
@@ -120,37 +118,20 @@ def run(checkpoint: str, output_dir: str, model_config: str | None = None,
     out = Path(output_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"output_dir: {out} is not empty; pass --overwrite to replace it")
-    state = common.load_state_dict(checkpoint)
-    text, vision = convert(state, text_cfg, vision_cfg)
-    checkpoints.save_params(out / "text", text, text_cfg, "clip_text", overwrite=overwrite)
-    checkpoints.save_params(out / "vision", vision, vision_cfg, "clip_vision", overwrite=overwrite)
+    text, vision = jobs(common.load_state_dict(checkpoint), text_cfg, vision_cfg)
+    common.check_jobs((text, vision))
+    written = [common.write_checkpoint(out / "text", [text], text_cfg, "clip_text", np_dtype,
+                                       overwrite),
+               common.write_checkpoint(out / "vision", [vision], vision_cfg, "clip_vision",
+                                       np_dtype, overwrite)]
     tok_dir = out / "tokenizer"
     tok_dir.mkdir(parents=True, exist_ok=True)
     tmp = tok_dir / f".{BPE_FILE}.tmp"
     shutil.copyfile(bpe, tmp)
     tmp.rename(tok_dir / BPE_FILE)
-    return out
-
-
-def _define_flags():
-    """Flags are defined only when run as a script, so importing `run` clashes with no one."""
-    flags.DEFINE_string("checkpoint", None,
-                        "OpenCLIP weights: open_clip_pytorch_model.bin or .safetensors")
-    flags.DEFINE_string("output_dir", None, "Directory for the text/, vision/ and tokenizer/ outputs")
-    flags.DEFINE_string("model_config", None, "open_clip model config JSON (default: ViT-H-14)")
-    flags.DEFINE_string("bpe_vocab", None, f"{BPE_FILE} (default: the installed open_clip package's)")
-    flags.DEFINE_bool("overwrite", False, "Replace existing outputs")
-
-
-def main(argv):
-    del argv
-    f = flags.FLAGS
-    if not f.checkpoint or not f.output_dir:
-        raise app.UsageError("--checkpoint and --output_dir are required")
-    out = run(f.checkpoint, f.output_dir, f.model_config, f.bpe_vocab, f.overwrite)
-    print(f"wrote {out}/text, {out}/vision and {out}/tokenizer/{BPE_FILE}")
+    return written
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    from experiments import convert as launcher  # pylint: disable=import-outside-toplevel
+    launcher.run_as("openclip")

@@ -1,6 +1,7 @@
 """Convert a Stable Diffusion diffusers folder (SD 1.5, SD 2.1 base / 768-v, SD 2 depth).
 
-    python -m convert.stable_diffusion --model_dir stable-diffusion-2-1 --output_dir ckpt/sd21
+    python -m convert.stable_diffusion --checkpoint stable-diffusion-2-1 --output_dir ckpt/sd21 \
+        [--dtype bfloat16] [--variant fp16]
 
 Reads ``unet/``, ``vae/``, ``text_encoder/`` (``config.json`` + safetensors, sharded
 safetensors or a weights-only ``.bin``) and writes one `szero_jax.checkpoints` checkpoint per
@@ -9,7 +10,8 @@ network: ``<output_dir>/unet`` (family ``unet2d``), ``/vae`` (``vae``), ``/text_
 tokenize offline. The prediction type comes from ``scheduler/scheduler_config.json``. Folders
 this port does not run (e.g. SD 2 depth's ``depth_estimator/``) are listed and skipped.
 Every tensor must map onto a Flax param of the right shape, else the converter fails listing
-every unmapped, missing or mis-shaped key.
+every unmapped, missing or mis-shaped key (checked on shapes before any weight is read);
+then each network is streamed tensor by tensor into its file.
 """
 from __future__ import annotations
 
@@ -20,10 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from absl import app, flags
-
 from convert import common
-from szero_jax import checkpoints
 from szero_jax.models import clip_keymaps
 from szero_jax.models import configs as C
 from szero_jax.models import vae_keymaps
@@ -199,12 +198,9 @@ def text_shapes(cfg: C.CLIPTextConfig):
 TEXT_DROPPED = ("text_model.embeddings.position_ids", "embeddings.position_ids")
 
 
-def convert_components(model_dir: Path, variant: Optional[str] = None,
-                       dtype: Any = np.float32) -> dict[str, tuple[Any, Any, str]]:
-    """{name: (params, config, family)} for unet, vae and text_encoder of a diffusers folder.
-
-    Raises ``convert.common.ConversionError`` listing the problems of every component at once.
-    """
+def components(model_dir: Path, variant: Optional[str] = None) -> dict[str, tuple]:
+    """{name: (Job, config, family)} for unet, vae and text_encoder of a diffusers folder
+    (configs read, weights opened lazily; nothing converted yet)."""
     sched = model_dir / "scheduler" / "scheduler_config.json"
     prediction = read_json(sched, "model_dir").get("prediction_type", "epsilon") if sched.is_file() \
         else "epsilon"  # DDIMScheduler default
@@ -213,84 +209,59 @@ def convert_components(model_dir: Path, variant: Optional[str] = None,
     vae_cfg = C.VAEConfig.from_diffusers(read_json(model_dir / "vae" / "config.json", "model_dir"))
     text_cfg = clip_text_config_from_hf(read_json(model_dir / "text_encoder" / "config.json",
                                                   "model_dir"))
-    jobs = {"unet": (unet_cfg, "unet2d", diffusers_unet_key, unet2d_shapes(unet_cfg), ()),
-            "vae": (vae_cfg, "vae", vae_keymaps.diffusers_keymap(vae_cfg), vae_shapes(vae_cfg), ()),
-            "text_encoder": (text_cfg, "clip_text", clip_keymaps.hf_text_keymap(),
-                             text_shapes(text_cfg), TEXT_DROPPED)}
-    return run_jobs(model_dir, jobs, variant, dtype)
+    return {
+        "unet": (component_job("unet", model_dir, variant, diffusers_unet_key,
+                               unet2d_shapes(unet_cfg)), unet_cfg, "unet2d"),
+        "vae": (component_job("vae", model_dir, variant, vae_keymaps.diffusers_keymap(vae_cfg),
+                              vae_shapes(vae_cfg)), vae_cfg, "vae"),
+        "text_encoder": (component_job("text_encoder", model_dir, variant,
+                                       clip_keymaps.hf_text_keymap(), text_shapes(text_cfg),
+                                       TEXT_DROPPED), text_cfg, "clip_text")}
 
 
-def run_jobs(model_dir: Path, jobs: dict, variant: Optional[str], dtype: Any) -> dict:
-    """Converts each ``name: (config, family, keymap, target, dropped)`` from ``model_dir/name``."""
-    out, problems = {}, []
-    for name, (cfg, family, keymap, target, dropped) in jobs.items():
-        state = component_state(model_dir / name, variant)
-        try:
-            params = common.convert_to_tree(state.items(), keymap, target, dropped, dtype)
-        except common.ConversionError as e:
-            problems.append(f"{name}/: {e}")
-            continue
-        out[name] = (params, cfg, family)
-    if problems:
-        raise common.ConversionError("\n".join(problems))
-    return out
+def component_job(name: str, folder: Path, variant: Optional[str], keymap, target,
+                  dropped=()) -> common.Job:
+    """The `convert.common.Job` converting ``folder/name``'s weights."""
+    return common.Job(name, component_state(folder / name, variant), keymap, target, dropped)
+
+
+def write_components(parts: dict[str, tuple], output_dir: Path, dtype: Any,
+                     overwrite: bool) -> list[Path]:
+    """Checks every component on shapes (all problems listed together), then streams each
+    into ``output_dir/<name>``."""
+    common.check_jobs([job for job, _, _ in parts.values()])
+    return [common.write_checkpoint(output_dir / name, [job], cfg, family, dtype, overwrite)
+            for name, (job, cfg, family) in parts.items()]
 
 
 def skipped_folders(model_dir: Path, converted=CONVERTED) -> list[str]:
     return sorted(p.name for p in model_dir.iterdir() if p.is_dir() and p.name not in converted)
 
 
-def save_all(components: dict, output_dir: Path, overwrite: bool) -> None:
-    for name, (params, cfg, family) in components.items():
-        checkpoints.save_params(output_dir / name, params, cfg, family, overwrite=overwrite)
-
-
 def run(checkpoint: str, output_dir: str, variant: Optional[str] = None, dtype: str = "float32",
-        overwrite: bool = False) -> Path:
-    """Converts the diffusers folder ``checkpoint`` into ``output_dir``; returns output_dir.
+        overwrite: bool = False) -> list[Path]:
+    """Converts the diffusers folder ``checkpoint`` into ``output_dir``; returns the written
+    unet/vae/text_encoder checkpoints (the tokenizer is copied beside them).
 
     (``checkpoint`` is the folder, so `experiments/convert.py --checkpoint` can dispatch here.)
     """
     model_dir, out = Path(checkpoint), Path(output_dir)
+    np_dtype = common.output_dtype(dtype)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model_dir: no diffusers folder at {model_dir}")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"output_dir: {out} is not empty; pass --overwrite to replace it")
-    components = convert_components(model_dir, variant, np_dtype(dtype))
-    save_all(components, out, overwrite)
+    if not (model_dir / "tokenizer").is_dir():
+        raise FileNotFoundError(f"model_dir: no {model_dir / 'tokenizer'} (the pipelines need "
+                                "the tokenizer files)")
+    written = write_components(components(model_dir, variant), out, np_dtype, overwrite)
     copy_folder(model_dir / "tokenizer", out / "tokenizer")
-    return out
-
-
-def np_dtype(name: str):
-    if name == "float32":
-        return np.float32
-    if name == "bfloat16":
-        import ml_dtypes  # pylint: disable=import-outside-toplevel
-        return ml_dtypes.bfloat16
-    raise ValueError(f"dtype: expected 'float32' or 'bfloat16', got {name!r}")
-
-
-def _define_flags():
-    """Flags are defined only when run as a script, so importing `run` clashes with no one."""
-    flags.DEFINE_string("model_dir", None, "diffusers folder with unet/, vae/, text_encoder/, tokenizer/")
-    flags.DEFINE_string("output_dir", None, "Directory for unet/, vae/, text_encoder/, tokenizer/")
-    flags.DEFINE_string("variant", None, "Weight file variant, e.g. fp16 (default: the plain files)")
-    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Stored parameter dtype")
-    flags.DEFINE_bool("overwrite", False, "Replace existing outputs")
-
-
-def main(argv):
-    del argv
-    f = flags.FLAGS
-    if not f.model_dir or not f.output_dir:
-        raise app.UsageError("--model_dir and --output_dir are required")
-    out = run(f.model_dir, f.output_dir, f.variant, f.dtype, f.overwrite)
-    skipped = skipped_folders(Path(f.model_dir))
-    print(f"wrote {out}/unet, vae, text_encoder and tokenizer"
-          + (f"; skipped {skipped}" if skipped else ""))
+    skipped = skipped_folders(model_dir)
+    if skipped:
+        print(f"skipped {skipped} (not run by this port)")
+    return written
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    from experiments import convert as launcher  # pylint: disable=import-outside-toplevel
+    launcher.run_as("stable_diffusion")

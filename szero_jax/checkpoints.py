@@ -1,12 +1,17 @@
-"""Save and load Flax params as an orbax checkpoint with a JSON config beside them.
+"""Save and load Flax params with a JSON config beside them.
 
 A checkpoint is a directory:
-        <path>/config.json   {"format_version", "family", "config"}
-        <path>/params/       orbax PyTree checkpoint of the params
+        <path>/config.json          {"format_version", "family", "config"}
+        <path>/params.safetensors   every param, named by its "a/b/c" path (format 2)
+        <path>/params/              an orbax PyTree checkpoint (format 1, still read: the
+                                    shipped tiny family)
 It is written to a temporary sibling directory and renamed into place, so a reader never
-sees a half-written checkpoint. Model configs (frozen dataclasses from
-`szero_jax.models.configs`, possibly nested) are stored as tagged dicts and rebuilt by class
-name; plain dicts are stored as they are.
+sees a half-written checkpoint. The params file is written and read one tensor at a time
+(`szero_jax.tensorfile`, no memory mapping): `ParamsWriter` lets a converter stream a
+multi-GB network from its source without holding it, and `load_params(dtype=...)` casts
+each tensor as it is read, so a bfloat16 load never holds a float32 copy. Model configs
+(frozen dataclasses from `szero_jax.models.configs`, possibly nested) are stored as tagged
+dicts and rebuilt by class name; plain dicts are stored as they are.
 
 The shipped tiny family lives under `TINY_DIR/<name>/`, one checkpoint per network.
 """
@@ -17,17 +22,22 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
-FORMAT_VERSION = 1
+from szero_jax import tensorfile
+
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)   # 1: orbax params/ directory
 CONFIG_FILE = "config.json"
-PARAMS_DIR = "params"
+PARAMS_FILE = "params.safetensors"
+PARAMS_DIR = "params"    # format 1
 TINY_DIR = Path(__file__).resolve().parent / "assets" / "tiny"
+SEP = "/"
 
 _CLASS_TAG = "__dataclass__"
 
@@ -67,39 +77,121 @@ def _decode(obj: Any, in_dataclass: bool = False) -> Any:
     return obj
 
 
-def save_params(path: str | os.PathLike, params: Any, config: Any, family: str,
+def _check_family(family: str) -> None:
+    if not family or not isinstance(family, str):
+        raise ValueError(f"family: expected a non-empty string, got {family!r}")
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': x}} -> {'a/b': x}; the leaves of a params tree by path."""
+    out = {}
+    for k, v in tree.items():
+        key = str(k)
+        if not key or SEP in key:
+            raise ValueError(f"params: key {key!r} is empty or contains {SEP!r}")
+        path = f"{prefix}{SEP}{key}" if prefix else key
+        if isinstance(v, Mapping):
+            out.update(flatten(v, path))
+        else:
+            out[path] = v
+    return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict:
+    root: dict = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split(SEP)
+        node = root
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return root
+
+
+class ParamsWriter:
+    """Writes a checkpoint one tensor at a time.
+
+    ``specs``: ``{"a/b/c": (shape, dtype)}`` of every param, in file order. ``write(path,
+    array)`` stores one param (any order); ``close()`` checks that every param was written,
+    adds ``config.json`` and renames the directory into place. Used as a context manager,
+    an exception leaves nothing behind.
+    """
+
+    def __init__(self, path: str | os.PathLike, specs: Mapping[str, tuple[Iterable[int], Any]],
+                 config: Any, family: str, overwrite: bool = False):
+        self.path = Path(path)
+        _check_family(family)
+        if not specs:
+            raise ValueError("specs: expected at least one param")
+        if self.path.exists() and not overwrite:
+            raise ValueError(f"path: {self.path} already exists; pass overwrite=True to replace it")
+        self._meta = json.dumps({"format_version": FORMAT_VERSION, "family": family,
+                                 "config": _encode(config)}, indent=1, sort_keys=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+        try:
+            self._file = tensorfile.TensorFileWriter(self._tmp / PARAMS_FILE, specs,
+                                                     {"format": "szero_jax", "family": family})
+        except BaseException:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
+        self.total_bytes = self._file.total_bytes
+
+    def write(self, path: str, array) -> int:
+        """Stores the param at ``path``; returns the bytes written."""
+        return self._file.write(path, np.asarray(array))
+
+    def close(self) -> Path:
+        try:
+            self._file.close()
+            (self._tmp / CONFIG_FILE).write_text(self._meta)
+            if self.path.exists():
+                shutil.rmtree(self.path)
+            os.rename(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        return self.path
+
+    def abort(self) -> None:
+        self._file.abort()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def save_params(path: str | os.PathLike, params: Mapping, config: Any, family: str,
                 overwrite: bool = False) -> Path:
-    """Writes `params` (a pytree of arrays) and `config` to the checkpoint directory `path`.
+    """Writes `params` (a nested dict of arrays) and `config` to the checkpoint directory `path`.
 
     `config` is a config dataclass or a plain dict; `family` names the network
     (e.g. "dynamicrafter_unet", "sd_vae") and is checked again by `load_params`.
     """
-    path = Path(path)
-    if not family or not isinstance(family, str):
-        raise ValueError(f"family: expected a non-empty string, got {family!r}")
-    if path.exists() and not overwrite:
-        raise ValueError(f"path: {path} already exists; pass overwrite=True to replace it")
-    leaves = jax.tree.leaves(params)
-    if not leaves:
+    _check_family(family)
+    if not isinstance(params, Mapping):
+        raise ValueError(f"params: expected a nested dict of arrays, got {type(params).__name__}")
+    flat = flatten(params)
+    if not flat:
         raise ValueError("params: expected a non-empty pytree of arrays")
-    meta = {"format_version": FORMAT_VERSION, "family": family, "config": _encode(config)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        ocp.PyTreeCheckpointer().save((tmp / PARAMS_DIR).resolve(), params)
-        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
-        if path.exists():
-            shutil.rmtree(path)
-        os.rename(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    specs = {}
+    for k, v in flat.items():
+        if not hasattr(v, "shape") or not hasattr(v, "dtype"):
+            raise ValueError(f"params: leaf {k!r} is a {type(v).__name__}, expected an array")
+        specs[k] = (v.shape, v.dtype)
+    with ParamsWriter(path, specs, config, family, overwrite) as writer:
+        for k, v in flat.items():
+            writer.write(k, np.asarray(v))
+    return Path(path)
 
 
-def load_config(path: str | os.PathLike, expected_family: str | None = None) -> tuple[Any, str]:
-    """Reads only `config.json`: returns (config, family)."""
-    path = Path(path)
+def _read_meta(path: Path, expected_family: str | None) -> dict:
     if not path.is_dir():
         raise FileNotFoundError(f"path: no checkpoint directory at {path}")
     cfg_file = path / CONFIG_FILE
@@ -112,35 +204,75 @@ def load_config(path: str | os.PathLike, expected_family: str | None = None) -> 
         raise ValueError(f"path: {cfg_file} is not valid JSON (truncated?): {e}") from e
     if not isinstance(meta, dict) or not {"format_version", "family", "config"} <= set(meta):
         raise ValueError(f"path: {cfg_file} lacks format_version/family/config")
-    if meta["format_version"] != FORMAT_VERSION:
+    if meta["format_version"] not in READ_VERSIONS:
         raise ValueError(f"path: {cfg_file} has format_version {meta['format_version']}; "
-                         f"expected {FORMAT_VERSION}")
+                         f"expected one of {READ_VERSIONS}")
     if expected_family is not None and meta["family"] != expected_family:
         raise ValueError(f"path: {path} holds a {meta['family']!r} checkpoint; expected "
                          f"{expected_family!r}")
+    return meta
+
+
+def load_config(path: str | os.PathLike, expected_family: str | None = None) -> tuple[Any, str]:
+    """Reads only `config.json`: returns (config, family)."""
+    meta = _read_meta(Path(path), expected_family)
     return _decode(meta["config"]), meta["family"]
 
 
-def load_params(path: str | os.PathLike, expected_family: str | None = None) -> tuple[Any, Any]:
-    """Returns (params, config) from a checkpoint written by `save_params`.
+def _cast(array: np.ndarray, dtype) -> np.ndarray:
+    if dtype is not None and tensorfile.is_float(array.dtype) and array.dtype != dtype:
+        return array.astype(dtype)
+    return array
+
+
+def _read_orbax(params_dir: Path, dtype) -> Any:
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    ckpt = ocp.PyTreeCheckpointer()
+    tree = ckpt.metadata(params_dir).item_metadata.tree
+    restore_args = jax.tree.map(
+        lambda m: ocp.RestoreArgs(restore_type=np.ndarray, dtype=(
+            dtype if dtype is not None and tensorfile.is_float(m.dtype) else None)), tree)
+    return ckpt.restore(params_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+
+
+def load_params(path: str | os.PathLike, expected_family: str | None = None,
+                dtype: Any = None) -> tuple[Any, Any]:
+    """Returns (params, config) from a checkpoint written by `save_params` / `ParamsWriter`.
 
     Params come back as a nested dict of jax arrays on the default device; `config` is the
-    rebuilt dataclass (or the plain dict that was saved).
+    rebuilt dataclass (or the plain dict that was saved). `dtype` (e.g. jnp.bfloat16) casts
+    every floating-point param while it is read; None keeps the stored dtypes.
     """
     path = Path(path)
-    config, _ = load_config(path, expected_family)
-    params_dir = (path / PARAMS_DIR).resolve()
-    if not params_dir.is_dir():
-        raise FileNotFoundError(f"path: {path} has no {PARAMS_DIR}/ directory")
-    ckpt = ocp.PyTreeCheckpointer()
+    meta = _read_meta(path, expected_family)
+    config = _decode(meta["config"])
+    dtype = None if dtype is None else np.dtype(dtype)
+    if meta["format_version"] == 1:
+        params_dir = (path / PARAMS_DIR).resolve()
+        if not params_dir.is_dir():
+            raise FileNotFoundError(f"path: {path} has no {PARAMS_DIR}/ directory")
+        try:
+            params = _read_orbax(params_dir, dtype)
+        except Exception as e:  # orbax raises many types for damaged files
+            raise ValueError(f"path: could not read the params in {params_dir} (missing or "
+                             f"truncated files?): {type(e).__name__}: {e}") from e
+        return jax.device_put(params), config
+    file = path / PARAMS_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"path: {path} has no {PARAMS_FILE}")
     try:
-        tree = ckpt.metadata(params_dir).item_metadata.tree
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-        params = ckpt.restore(params_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args))
-    except Exception as e:  # orbax raises many types for damaged files
-        raise ValueError(f"path: could not read the params in {params_dir} (missing or truncated "
-                         f"files?): {type(e).__name__}: {e}") from e
-    return jax.device_put(params), config
+        tensors = tensorfile.TensorFile(file)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"path: could not read the params in {file} (missing or truncated "
+                         f"files?): {e}") from e
+    # One tensor at a time: read, cast, hand to the device, drop the host copy.
+    flat = {name: jax.device_put(_cast(tensors[name], dtype)) for name in tensors}
+    return unflatten(flat), config
+
+
+def param_bytes(params: Any) -> int:
+    """Bytes held by the arrays of a params tree."""
+    return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(params))
 
 
 def load_default(name: str) -> tuple[Any, Any]:

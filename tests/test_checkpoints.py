@@ -1,4 +1,5 @@
-"""szero_jax.checkpoints: orbax params + JSON config round trip and its errors."""
+"""szero_jax.checkpoints: params file + JSON config round trip, streamed writes, dtype on
+load, the legacy orbax format, and the errors."""
 import dataclasses
 import json
 
@@ -18,7 +19,7 @@ def _params():
 def test_round_trip_dict_config(tmp_path):
     cfg = {"channels": [32, 64], "name": "tiny", "eps": 1e-6}
     out = checkpoints.save_params(tmp_path / "ck", _params(), cfg, family="vae")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "params"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "params.safetensors"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # temp dir renamed
     params, config = checkpoints.load_params(out, expected_family="vae")
     assert config == cfg
@@ -67,12 +68,15 @@ def test_errors(tmp_path):
         checkpoints.load_params(ck)
     (ck / "config.json").write_text(text)
     # Truncated / damaged array data.
-    data = [p for p in (ck / "params").rglob("*") if p.is_file() and p.stat().st_size > 0
-            and "d" in p.relative_to(ck / "params").parts]
-    assert data
-    for p in data:
-        p.write_bytes(p.read_bytes()[:3])
+    data = ck / checkpoints.PARAMS_FILE
+    data.write_bytes(data.read_bytes()[:-3])
     with pytest.raises(ValueError, match="truncated"):
+        checkpoints.load_params(ck)
+    data.write_bytes(b"\x03")
+    with pytest.raises(ValueError, match="truncated"):
+        checkpoints.load_params(ck)
+    data.unlink()
+    with pytest.raises(FileNotFoundError, match="params.safetensors"):
         checkpoints.load_params(ck)
     # Missing config / params.
     ck2 = checkpoints.save_params(tmp_path / "ck2", _params(), {}, family="vae")
@@ -110,3 +114,65 @@ def test_round_trip_registered_config(tmp_path):
     checkpoints.save_params(tmp_path / "ck", _params(), cfg, family="svd_xt_vae")
     _, back = checkpoints.load_params(tmp_path / "ck", expected_family="svd_xt_vae")
     assert back == cfg and isinstance(back.block_out_channels, tuple)
+
+
+def test_load_casts_floats_while_reading(tmp_path):
+    import ml_dtypes
+    params = {"w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4),
+              "ids": np.arange(3, dtype=np.int32)}
+    ck = checkpoints.save_params(tmp_path / "ck", params, {}, family="vae")
+    bf, _ = checkpoints.load_params(ck, dtype=jnp.bfloat16)
+    assert bf["w"].dtype == jnp.bfloat16 and bf["ids"].dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(bf["w"]), params["w"].astype(ml_dtypes.bfloat16))
+    assert checkpoints.param_bytes(bf) == 12 * 2 + 3 * 4
+    # a bfloat16 file read back as float32 is exact
+    ck2 = checkpoints.save_params(tmp_path / "ck2", {"w": params["w"].astype(ml_dtypes.bfloat16)},
+                                  {}, family="vae")
+    f32, _ = checkpoints.load_params(ck2, dtype=jnp.float32)
+    np.testing.assert_array_equal(f32["w"], params["w"].astype(ml_dtypes.bfloat16).astype(np.float32))
+
+
+def test_writer_streams_in_any_order_and_leaves_nothing_on_failure(tmp_path):
+    specs = {"a/kernel": ((2, 3), np.float32), "a/bias": ((3,), np.float32),
+             "b/scale": ((4,), np.float32)}
+    with checkpoints.ParamsWriter(tmp_path / "ck", specs, {"v": 1}, "vae") as w:
+        assert w.total_bytes == (6 + 3 + 4) * 4
+        w.write("b/scale", np.ones(4, np.float32))          # not in file order
+        w.write("a/kernel", np.arange(6, dtype=np.float32).reshape(2, 3))
+        with pytest.raises(ValueError, match="declared"):
+            w.write("a/bias", np.zeros(4, np.float32))       # wrong shape
+        with pytest.raises(ValueError, match="not one of"):
+            w.write("c", np.zeros(1, np.float32))
+        w.write("a/bias", np.full(3, 0.5, np.float32))
+        with pytest.raises(ValueError, match="already written"):
+            w.write("a/bias", np.full(3, 0.5, np.float32))
+    params, cfg = checkpoints.load_params(tmp_path / "ck", "vae")
+    assert cfg == {"v": 1}
+    np.testing.assert_array_equal(params["a"]["kernel"], np.arange(6).reshape(2, 3))
+    np.testing.assert_array_equal(params["b"]["scale"], np.ones(4))
+    with pytest.raises(ValueError, match="never written"):   # an incomplete checkpoint
+        with checkpoints.ParamsWriter(tmp_path / "ck2", specs, {}, "vae") as w:
+            w.write("a/bias", np.zeros(3, np.float32))
+    with pytest.raises(KeyboardInterrupt):                  # interrupted mid-way
+        with checkpoints.ParamsWriter(tmp_path / "ck3", specs, {}, "vae") as w:
+            w.write("a/bias", np.zeros(3, np.float32))
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]   # no partial outputs
+    with pytest.raises(ValueError, match="already exists"):
+        checkpoints.ParamsWriter(tmp_path / "ck", specs, {}, "vae")
+
+
+def test_reads_format_1_orbax_checkpoints(tmp_path):
+    """The shipped tiny family is in format 1 (orbax params/): still read, with dtype."""
+    import orbax.checkpoint as ocp
+    ck = tmp_path / "old"
+    ck.mkdir()
+    ocp.PyTreeCheckpointer().save((ck / "params").resolve(), _params())
+    (ck / "config.json").write_text(json.dumps({"format_version": 1, "family": "vae",
+                                                "config": {"a": 1}}))
+    params, cfg = checkpoints.load_params(ck, "vae")
+    assert cfg == {"a": 1}
+    np.testing.assert_array_equal(params["enc"]["kernel"], np.arange(6).reshape(2, 3))
+    bf, _ = checkpoints.load_params(ck, dtype=jnp.bfloat16)
+    assert bf["enc"]["kernel"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(bf["scale"], np.float32), [2.0, -1.0])

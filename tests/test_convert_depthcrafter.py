@@ -30,7 +30,9 @@ def folders(tmp_path_factory):
 
 def test_converts_unet_vae_and_image_encoder(folders, tmp_path):
     root, unet = folders
-    out = dc.run(str(root / "DepthCrafter"), str(tmp_path / "out"), svd_dir=str(root / "svd"))
+    out = tmp_path / "out"
+    written = dc.run(str(root / "DepthCrafter"), str(out), svd_dir=str(root / "svd"))
+    assert written == [out / "depth_unet", out / "depth_vae", out / "depth_image_encoder"]
     params, cfg = checkpoints.load_params(out / "depth_unet", "unet_st")
     assert cfg == TINY
     state = unet.state_dict()

@@ -39,8 +39,10 @@ def _check_outputs(out, d):
 
 def test_convert_safetensors_roundtrip(tiny, tmp_path):
     d, bpe = tiny
-    out = conv.run(str(d / "openclip_tiny.safetensors"), str(tmp_path / "out"),
-                   model_config=str(d / "openclip_tiny_config.json"), bpe_vocab=str(bpe))
+    out = tmp_path / "out"
+    assert conv.run(str(d / "openclip_tiny.safetensors"), str(out),
+                    model_config=str(d / "openclip_tiny_config.json"),
+                    bpe_vocab=str(bpe)) == [out / "text", out / "vision"]
     _check_outputs(out, d)
     with pytest.raises(ValueError, match="output_dir"):
         conv.run(str(d / "openclip_tiny.safetensors"), str(out),

@@ -40,7 +40,8 @@ def sd_folder(tmp_path_factory):
 
 def test_converts_every_component(sd_folder, tmp_path):
     root, unet = sd_folder
-    out = sd.run(str(root), str(tmp_path / "out"))
+    out = tmp_path / "out"
+    assert sd.run(str(root), str(out)) == [out / "unet", out / "vae", out / "text_encoder"]
     params, cfg = checkpoints.load_params(out / "unet", "unet2d")
     assert cfg == UNet2DConfig(**TINY, prediction_type="v_prediction")
     state = unet.state_dict()

@@ -13,17 +13,23 @@ Checkpoint directories (``szero_jax.checkpoints`` format, one per network):
                       without it the tiny word tokenizer (szero_jax.world.VOCABULARY) is used
                       when the text tower's vocabulary matches it
     SD: <dir>/{unet, vae, text_encoder}/ + <dir>/tokenizer/
-``load_video_models()`` with no path loads the shipped tiny family.
+``load_video_models()`` with no path loads the shipped tiny family. The loaders read the params
+in the run's dtype, one tensor at a time (``checkpoints.load_params(dtype=...)``): a bfloat16
+run never holds a float32 copy, and loading peaks at about the params' bytes in that dtype.
+Each load logs its params' bytes and the process's peak resident memory.
 """
 from __future__ import annotations
 
 import dataclasses
+import resource
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from szero_jax import checkpoints
 from szero_jax.models import configs as C
@@ -73,7 +79,8 @@ class VideoModels:
     image_encoder: Net
     tokenizer: Any
     depth: Optional[DepthModels] = None
-    dtype: Any = jnp.float32          # compute dtype of the networks (params stay float32)
+    dtype: Any = jnp.float32          # compute dtype; load_video_models also stores the
+                                      # params in it (random_video_models keeps float32)
 
     @property
     def num_frames(self) -> int:
@@ -105,8 +112,8 @@ def _dtype(dtype):
     return dtype
 
 
-def _net(path: Path, family: Optional[str] = None) -> Net:
-    params, config = checkpoints.load_params(path, family)
+def _net(path: Path, family: Optional[str] = None, dtype=None) -> Net:
+    params, config = checkpoints.load_params(path, family, dtype)
     if isinstance(params, dict) and set(params) == {"params"}:   # saved as module.init returned it
         params = params["params"]
     return Net(config, params)
@@ -128,18 +135,36 @@ def load_tokenizer(folder: Path, text_config: C.CLIPTextConfig):
         "bpe_simple_vocab_16e6.txt.gz, as convert/openclip.py writes)")
 
 
-def _load_depth(root: Path, vae: Net, image_encoder: Net) -> Optional[DepthModels]:
+def _load_depth(root: Path, vae: Net, image_encoder: Net, dtype) -> Optional[DepthModels]:
     if not (root / "depth_unet").is_dir():
         return None
     return DepthModels(
-        unet=_net(root / "depth_unet"),
-        vae=_net(root / "depth_vae") if (root / "depth_vae").is_dir() else vae,
-        image_encoder=(_net(root / "depth_image_encoder")
+        unet=_net(root / "depth_unet", dtype=dtype),
+        vae=_net(root / "depth_vae", dtype=dtype) if (root / "depth_vae").is_dir() else vae,
+        image_encoder=(_net(root / "depth_image_encoder", dtype=dtype)
                        if (root / "depth_image_encoder").is_dir() else image_encoder))
 
 
+def peak_rss_bytes() -> int:
+    """The process's peak resident memory so far (getrusage: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _log_load(root: Path, nets, dtype) -> None:
+    unique = {id(n): n for n in nets}.values()     # the depth model may share the VAE
+    total = sum(checkpoints.param_bytes(n.params) for n in unique)
+    logging.info("loaded %s: %.2f GB of params as %s; peak resident memory %.2f GB", root,
+                 total / 1e9, jnp.dtype(dtype).name, peak_rss_bytes() / 1e9)
+
+
 def load_video_models(path=None, dtype="float32") -> VideoModels:
-    """A ``VideoModels`` from a checkpoint directory, or the shipped tiny family (path None)."""
+    """A ``VideoModels`` from a checkpoint directory, or the shipped tiny family (path None).
+
+    ``dtype`` ("float32" / "bfloat16") is the compute dtype, and every float param is cast
+    to it while it is read.
+    """
+    dtype = _dtype(dtype)
     root = checkpoints.TINY_DIR if path is None else Path(path)
     if not root.is_dir():
         raise FileNotFoundError(
@@ -147,7 +172,7 @@ def load_video_models(path=None, dtype="float32") -> VideoModels:
                 " (the tiny family is produced by experiments/train_tiny.py)" if path is None
                 else ""))
     if (root / checkpoints.CONFIG_FILE).is_file():     # one converted DynamiCrafter checkpoint
-        params, cfg = checkpoints.load_params(root, "dynamicrafter")
+        params, cfg = checkpoints.load_params(root, "dynamicrafter", dtype)
         nets = {"unet": Net(cfg.unet, params["unet"]),
                 "resampler": Net(cfg.resampler, params["resampler"]),
                 "vae": Net(C.get(cfg.vae), params["vae"]),
@@ -159,24 +184,28 @@ def load_video_models(path=None, dtype="float32") -> VideoModels:
         if missing:
             raise FileNotFoundError(f"checkpoint: {root} lacks {missing}; expected one "
                                     "checkpoint per network (see szero_jax.pipelines.bundles)")
-        video = _net(root / "video_unet", "dynamicrafter_unet")
+        video = _net(root / "video_unet", "dynamicrafter_unet", dtype)
         cfg = video.config
         if not isinstance(cfg, C.DynamiCrafterConfig):
             raise ValueError(f"checkpoint: {root / 'video_unet'} holds a "
                              f"{type(cfg).__name__}; expected a DynamiCrafterConfig")
         nets = {"unet": Net(cfg.unet, video.params),
-                "resampler": _net(root / "resampler", "resampler"),
-                "vae": _net(root / "vae", "vae"),
-                "text_encoder": _net(root / "text_encoder", "clip_text"),
-                "image_encoder": _net(root / "image_encoder", "clip_vision")}
+                "resampler": _net(root / "resampler", "resampler", dtype),
+                "vae": _net(root / "vae", "vae", dtype),
+                "text_encoder": _net(root / "text_encoder", "clip_text", dtype),
+                "image_encoder": _net(root / "image_encoder", "clip_vision", dtype)}
         cfg = dataclasses.replace(cfg, resampler=nets["resampler"].config)
-    depth = _load_depth(root, nets["vae"], nets["image_encoder"])
+    depth = _load_depth(root, nets["vae"], nets["image_encoder"], dtype)
+    _log_load(root, list(nets.values()) + (
+        [depth.unet, depth.vae, depth.image_encoder] if depth else []), dtype)
     return VideoModels(config=cfg, tokenizer=load_tokenizer(root, nets["text_encoder"].config),
-                       depth=depth, dtype=_dtype(dtype), **nets)
+                       depth=depth, dtype=dtype, **nets)
 
 
 def load_sd_models(path, dtype="float32") -> SDModels:
-    """An ``SDModels`` from ``path/{unet, vae, text_encoder, tokenizer}``."""
+    """An ``SDModels`` from ``path/{unet, vae, text_encoder, tokenizer}``, float params cast
+    to ``dtype`` (the compute dtype) while they are read."""
+    dtype = _dtype(dtype)
     if path is None:
         raise FileNotFoundError("checkpoint: Stable Diffusion needs a converted checkpoint "
                                 "directory; the project ships no tiny SD")
@@ -185,14 +214,15 @@ def load_sd_models(path, dtype="float32") -> SDModels:
     if missing:
         raise FileNotFoundError(f"checkpoint: {root} lacks {missing}; expected an SD checkpoint "
                                 "with unet/, vae/, text_encoder/ and tokenizer/")
-    nets = {n: _net(root / n) for n in ("unet", "vae", "text_encoder")}
+    nets = {n: _net(root / n, dtype=dtype) for n in ("unet", "vae", "text_encoder")}
     for name, cls in (("unet", C.UNet2DConfig), ("vae", C.VAEConfig),
                       ("text_encoder", C.CLIPTextConfig)):
         if not isinstance(nets[name].config, cls):
             raise ValueError(f"checkpoint: {root / name} holds a {type(nets[name].config).__name__};"
                              f" expected a {cls.__name__}")
-    return SDModels(tokenizer=load_tokenizer(root, nets["text_encoder"].config),
-                    dtype=_dtype(dtype), **nets)
+    _log_load(root, nets.values(), dtype)
+    return SDModels(tokenizer=load_tokenizer(root, nets["text_encoder"].config), dtype=dtype,
+                    **nets)
 
 
 # ----------------------------------------------------------------------------- random weights
