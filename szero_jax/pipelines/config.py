@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-DEPTH_KINDS = ("depth", "disparity")
+DEPTH_KINDS = ("depth", "disparity", "disparity_px")
 DEPTH_SOURCES = ("model", "given")
 DISSOLVE_PLAN_STEPS = 50   # released: dissolving indexes a 50-step schedule at 50 - step
 
@@ -91,7 +91,9 @@ class DepthConfig:
     when a map is passed, else "model"."""
     source: Optional[str] = None
     kind: str = "depth"                  # a given map's meaning: "depth" (larger = farther)
-                                         # or "disparity" (larger = nearer, as DPT returns)
+                                         # or "disparity" (larger = nearer, as DPT returns),
+                                         # or "disparity_px" (pixels of the map's own width,
+                                         # x_right = x_left - d: used as is, no normalisation)
     blur_sigma: float = 4.0              # px; Gaussian low-pass of a given map, the paper's
                                          # heuristic-filter fallback (Sec. 4.3; sigma ours)
     max_disparity: Optional[float] = None  # near-to-far span / width; None: the checkpoint's
@@ -114,6 +116,9 @@ class DepthConfig:
             _fail(owner, "source", f"one of {DEPTH_SOURCES} or None", self.source)
         if self.kind not in DEPTH_KINDS:
             _fail(owner, "depth_kind", f"one of {DEPTH_KINDS}", self.kind)
+        if self.kind == "disparity_px" and self.source == "model":
+            _fail(owner, "depth_kind", "'depth' or 'disparity' for the depth model's output "
+                  "('disparity_px' describes a given map)", self.kind)
         check_number(owner, "blur_sigma", self.blur_sigma, 0.0, 1e3)
         if self.max_disparity is not None:
             check_number(owner, "max_disparity", self.max_disparity, 1e-6, 1.0)

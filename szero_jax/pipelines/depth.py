@@ -13,10 +13,13 @@ from szero_jax.stereo import blur_depth
 
 def user_depth_to_disparity(depth_map: np.ndarray, config: DepthConfig):
     """A given map [T, H, W] of kind ``config.kind`` -> (pixel disparity [T, H, W],
-    normalised map for display, near = 1)."""
+    normalised map for display, near = 1); ``disparity_px`` maps are taken as pixels."""
     d = jnp.asarray(depth_map)[None]
     if config.blur_sigma > 0:                # the paper's heuristic-filter fallback (Sec. 4.3)
         d = blur_depth(d, config.blur_sigma)
+    if config.kind == "disparity_px":        # pixels already: used as they are
+        disp = np.asarray(d[0], np.float32)
+        return disp, disp / max(float(np.abs(disp).max()), 1e-6)
     disp = disparity_from_depth(d, config.max_disparity, config.kind, config.convergence)
     norm = disparity_from_depth(d, 1.0, config.kind) / d.shape[-1]
     return np.asarray(disp[0]), np.asarray(norm[0])

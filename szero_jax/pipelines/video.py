@@ -22,6 +22,7 @@ from szero_jax.pipelines import stages as S
 from szero_jax.pipelines.bundles import VideoModels
 from szero_jax.pipelines.common import (Callback, StageTimer, check_config, check_depth,
                                         check_frames, check_prompt, check_size)
+from szero_jax.pipelines.composite import composite_right
 from szero_jax.pipelines.config import DepthConfig, SamplingConfig
 from szero_jax.stereo import StereoCrafterZeroConfig, build_events, released_disparity
 
@@ -92,6 +93,9 @@ def _finish(models, timer, latents, disparity_px, norm_depth, job, stereo) -> St
     video = np.asarray(timer.run("decode", S.decode, models, both))
     left, right = video[0], video[1]
     _, holes = forward_warp(jnp.asarray(left)[None], jnp.asarray(disparity_px)[None])
+    if stereo.right_view == "composite":     # the left warped, the latent view in the holes
+        right = np.asarray(timer.run("composite", composite_right, left, disparity_px,
+                                     right).right)
     settings = {"sampling": job.sampling, "depth": job.depth, "stereo": stereo}
     return StereoVideo(left, right, disparity_px, np.asarray(holes[0]), norm_depth,
                        dict(timer.timings), settings)
@@ -108,6 +112,9 @@ def image_to_stereo_video(models: VideoModels, image, prompt: str, *,
     depth_map: optional [T, H, W] map of kind ``depth.kind``, blurred by ``depth.blur_sigma``
     px; without it the bundle's depth model runs on the left video. None fields of the
     configs take the checkpoint's values (guidance, frame stride, max disparity).
+    ``stereo.right_view="composite"``: the right view is the decoded left video forward-
+    warped by the pixel disparity, with the decoded right view only in its (dilated,
+    feathered) holes (``pipelines.composite``).
     callback(stage, done, total): progress.
     """
     check_prompt(prompt)

@@ -125,6 +125,10 @@ class StereoCrafterZeroConfig:
     depth_normalisation: str = "percentiles"  # (1, 99) re-normalisation of the model depth
                                               # (ours); "none": released, decoded values used
                                               # as is (``dissolve.released_disparity``)
+    right_view: str = "latent"              # "latent": the decoded right view (paper,
+                                            # released); "composite": the decoded left warped
+                                            # at pixel level, the latent one in the holes only
+                                            # (``pipelines.composite``, ours)
 
     @classmethod
     def released(cls, max_warp_step: int = 40, **overrides) -> "StereoCrafterZeroConfig":
@@ -158,6 +162,7 @@ class StereoCrafterZeroConfig:
         choice("refine_noise", ("holes", "all"))
         choice("right_condition", ("warped", "left"))
         choice("depth_normalisation", DEPTH_NORMALISATIONS)
+        choice("right_view", ("latent", "composite"))
         mode_code(self.cross_view, "cross_view")
         if not 1 <= self.restart_steps <= num_steps:
             raise ValueError(f"restart_steps must be in [1, {num_steps}], got {self.restart_steps}")
