@@ -11,8 +11,9 @@ import pytest
 from szero_jax import checkpoints, io, pipelines
 from szero_jax.models.tokenizer import WordTokenizer
 from szero_jax.pipelines.bundles import Net
+from szero_jax.pipelines.config import SamplingConfig
 from szero_jax.world import VOCABULARY
-from tests import test_pipelines_helpers as H
+from tests.helpers import tiny_models as H
 
 ROOT = Path(__file__).resolve().parents[1]
 T, S = H.FRAMES, H.SIZE
@@ -53,8 +54,11 @@ def _video_call(models, image=None, prompt="a red ball", **kw):
     (np.zeros((S + 4, S, 3), np.float32), r"image: height and width must be multiples of 8"),
 ])
 def test_video_pipeline_rejects_bad_image(video_models, image, match):
+    # a depth map of the image's size, so that the image is the only bad input (this bundle
+    # has no depth network)
+    depth_map = np.ones((T,) + image.shape[:2], np.float32) if image.ndim == 3 else None
     with pytest.raises(ValueError, match=match):
-        _video_call(video_models, image)
+        _video_call(video_models, image, depth_map=depth_map)
 
 
 def test_image_pipeline_rejects_bad_image(sd_models):
@@ -72,8 +76,8 @@ def test_empty_or_non_string_prompt(video_models, sd_models, prompt, match):
     with pytest.raises(ValueError, match=match):
         _video_call(video_models, prompt=prompt)
     with pytest.raises(ValueError, match=match):
-        pipelines.text_to_stereo_image(sd_models, prompt, height=S, width=S,
-                                       depth=np.ones((S, S)))
+        pipelines.text_to_stereo_image(sd_models, prompt, size=(S, S),
+                                       depth_map=np.ones((S, S)))
 
 
 def test_over_long_prompt_truncated_with_warning(video_models):
@@ -90,36 +94,41 @@ def test_over_long_prompt_truncated_with_warning(video_models):
         tok(["red disc", ""])                    # a normal prompt does not warn
 
 
-@pytest.mark.parametrize("depth, match", [
-    (np.full((T, S, S), np.nan, np.float32), r"depth: contains 2048 NaN/inf values"),
-    (np.full((T, S, S), np.inf, np.float32), r"depth: contains 2048 NaN/inf values"),
-    (np.ones((T, S // 2, S // 2), np.float32), r"depth: expected shape \(2, 32, 32\) \(the "
-                                               r"output's frames x height x width\), got \(2, 16, 16\)"),
-    (np.ones((S, S), np.float32), r"depth: expected shape \(2, 32, 32\)"),
-    (np.full((T, S, S), "x"), r"depth: expected real numbers, got dtype <U1"),
+@pytest.mark.parametrize("depth_map, match", [
+    (np.full((T, S, S), np.nan, np.float32), r"depth_map: contains 2048 NaN/inf values"),
+    (np.full((T, S, S), np.inf, np.float32), r"depth_map: contains 2048 NaN/inf values"),
+    (np.ones((T, S // 2, S // 2), np.float32),
+     r"depth_map: expected shape \(2, 32, 32\) \(the output's frames x height x width\), got "
+     r"\(2, 16, 16\)"),
+    (np.ones((S, S), np.float32), r"depth_map: expected shape \(2, 32, 32\)"),
+    (np.full((T, S, S), "x"), r"depth_map: expected real numbers, got dtype <U1"),
 ])
-def test_video_pipeline_rejects_bad_depth(video_models, depth, match):
+def test_video_pipeline_rejects_bad_depth(video_models, depth_map, match):
     with pytest.raises(ValueError, match=match):
-        _video_call(video_models, depth=depth)
+        _video_call(video_models, depth_map=depth_map)
 
 
-@pytest.mark.parametrize("depth, match", [
-    (np.full((S, S), np.nan, np.float32), r"depth: contains 1024 NaN/inf values"),
-    (np.ones((S, S + 8), np.float32), r"depth: expected shape \(32, 32\)"),
+@pytest.mark.parametrize("depth_map, match", [
+    (np.full((S, S), np.nan, np.float32), r"depth_map: contains 1024 NaN/inf values"),
+    (np.ones((S, S + 8), np.float32), r"depth_map: expected shape \(32, 32\)"),
 ])
-def test_image_pipelines_reject_bad_depth(sd_models, depth, match):
+def test_image_pipelines_reject_bad_depth(sd_models, depth_map, match):
     with pytest.raises(ValueError, match=match):
-        pipelines.text_to_stereo_image(sd_models, "a red ball", height=S, width=S, depth=depth)
+        pipelines.text_to_stereo_image(sd_models, "a red ball", size=(S, S), depth_map=depth_map)
     with pytest.raises(ValueError, match=match):
-        pipelines.image_to_stereo_image(sd_models, _image(), depth)
+        pipelines.image_to_stereo_image(sd_models, _image(), depth_map)
 
 
 def test_pipeline_rejects_bad_settings(video_models):
-    with pytest.raises(ValueError, match=r"num_frames: the model generates 2 frames"):
-        _video_call(video_models, num_frames=5)
-    with pytest.raises(ValueError, match=r"steps: expected an int >= 1, got 0"):
-        _video_call(video_models, steps=0, depth=np.ones((T, S, S), np.float32))
-    with pytest.raises(ValueError, match=r"depth: the models have no depth network"):
+    five = np.zeros((5, S, S, 3), np.float32)
+    with pytest.raises(ValueError, match=r"video: the model takes clips of 2 frames \(its "
+                                         r"Resampler's video_length\), got 5"):
+        pipelines.video_to_stereo_video(video_models, five, "a red ball",
+                                        depth_map=np.ones((5, S, S), np.float32))
+    with pytest.raises(ValueError, match=r"steps: expected an int in \[1, inf\], got 0"):
+        _video_call(video_models, sampling=SamplingConfig(steps=0),
+                    depth_map=np.ones((T, S, S), np.float32))
+    with pytest.raises(ValueError, match=r"depth_map: the models have no depth network"):
         _video_call(video_models)                 # this bundle has no depth model
 
 
