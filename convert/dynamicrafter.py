@@ -1,6 +1,7 @@
 """Convert a released DynamiCrafter checkpoint (``.ckpt``/``.pt`` or ``.safetensors``) to a
 szero_jax checkpoint: one params file holding ``{"unet", "resampler", "vae", "text_encoder",
-"image_encoder"}`` plus the ``DynamiCrafterConfig`` as JSON (family ``"dynamicrafter"``).
+"image_encoder"}`` plus the ``DynamiCrafterConfig`` as JSON (family ``"dynamicrafter"``), and
+``tokenizer/`` with OpenCLIP's BPE vocabulary (the text encoder's tokenizer).
 
     python -m convert.dynamicrafter --checkpoint model_512.ckpt --output_dir ckpt/dc512 \
         --config dynamicrafter_512 [--dtype bfloat16] [--parts unet,resampler]
@@ -134,20 +135,27 @@ def convert_checkpoint(path, config: DynamiCrafterConfig, parts=tuple(PARTS), dt
 
 
 def run(checkpoint: str, output_dir: str, config: Optional[str] = None, parts=None,
-        dtype: str = "float32", overwrite: bool = False) -> list[Path]:
+        bpe_vocab: Optional[str] = None, dtype: str = "float32", overwrite: bool = False
+        ) -> list[Path]:
     """Converts ``checkpoint`` into the checkpoint directory ``output_dir``; returns [it].
 
     ``config``: see `resolve_config`; ``parts``: subset of PARTS (default all); ``dtype``:
-    float32 or bfloat16, the dtype the params are stored in.
+    float32 or bfloat16, the dtype the params are stored in. With the text encoder, OpenCLIP's
+    BPE vocabulary (``bpe_vocab``, default the installed open_clip's) is copied to
+    ``output_dir/tokenizer/``, so `szero_jax.pipelines.load_video_models` tokenizes offline.
     """
+    from convert import openclip  # pylint: disable=import-outside-toplevel
     cfg, parts, np_dtype = resolve_config(config), check_parts(parts), common.output_dtype(dtype)
     out = Path(output_dir)
     if out.exists() and not overwrite:
         raise ValueError(f"--output_dir: {out} already exists; pass --overwrite to replace it")
+    bpe = openclip.find_bpe_vocab(bpe_vocab) if "text_encoder" in parts else None
     state = common.load_state_dict(checkpoint)
     todo = jobs(state, cfg, parts)
     common.check_jobs(todo, ignored(parts))
     common.write_checkpoint(out.resolve(), todo, cfg, FAMILY, np_dtype, overwrite)
+    if bpe is not None:
+        openclip.copy_bpe_vocab(bpe, out)
     return [out]
 
 

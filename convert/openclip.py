@@ -97,6 +97,25 @@ def default_bpe_vocab() -> Path | None:
     return path if path.is_file() else None
 
 
+def find_bpe_vocab(bpe_vocab: str | None = None) -> Path:
+    """``bpe_vocab``, else the installed open_clip's; FileNotFoundError naming the fix."""
+    bpe = Path(bpe_vocab) if bpe_vocab else default_bpe_vocab()
+    if bpe is None or not bpe.is_file():
+        raise FileNotFoundError(
+            f"bpe_vocab: no {BPE_FILE} found ({bpe or 'open_clip is not installed'}); pass "
+            "--bpe_vocab or `pip install --no-deps open_clip_torch`")
+    return bpe
+
+
+def copy_bpe_vocab(bpe: Path, output_dir: Path) -> Path:
+    """Copies the vocabulary to ``output_dir/tokenizer/`` (via a temporary name)."""
+    tok_dir = Path(output_dir) / "tokenizer"
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    tmp = tok_dir / f".{BPE_FILE}.tmp"
+    shutil.copyfile(bpe, tmp)
+    return tmp.rename(tok_dir / BPE_FILE)
+
+
 def run(checkpoint: str, output_dir: str, model_config: str | None = None,
         bpe_vocab: str | None = None, dtype: str = "float32", overwrite: bool = False) -> list[Path]:
     """Converts ``checkpoint`` into ``output_dir/{text,vision,tokenizer}``; returns the two
@@ -110,11 +129,7 @@ def run(checkpoint: str, output_dir: str, model_config: str | None = None,
     else:
         text_cfg = configs.get("openclip_vit_h14_text")
         vision_cfg = configs.get("openclip_vit_h14_vision")
-    bpe = Path(bpe_vocab) if bpe_vocab else default_bpe_vocab()
-    if bpe is None or not bpe.is_file():
-        raise FileNotFoundError(
-            f"bpe_vocab: no {BPE_FILE} found ({bpe or 'open_clip is not installed'}); pass "
-            "--bpe_vocab or `pip install --no-deps open_clip_torch`")
+    bpe = find_bpe_vocab(bpe_vocab)
     out = Path(output_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"output_dir: {out} is not empty; pass --overwrite to replace it")
@@ -124,11 +139,7 @@ def run(checkpoint: str, output_dir: str, model_config: str | None = None,
                                        overwrite),
                common.write_checkpoint(out / "vision", [vision], vision_cfg, "clip_vision",
                                        np_dtype, overwrite)]
-    tok_dir = out / "tokenizer"
-    tok_dir.mkdir(parents=True, exist_ok=True)
-    tmp = tok_dir / f".{BPE_FILE}.tmp"
-    shutil.copyfile(bpe, tmp)
-    tmp.rename(tok_dir / BPE_FILE)
+    copy_bpe_vocab(bpe, out)
     return written
 
 

@@ -30,7 +30,7 @@ from experiments import common_flags
 
 FAMILIES = ("dynamicrafter", "depthcrafter", "stable_diffusion", "openclip")
 # The options each family's converter takes besides --dtype and --overwrite.
-FAMILY_OPTIONS = {"dynamicrafter": ("config", "parts"),
+FAMILY_OPTIONS = {"dynamicrafter": ("config", "parts", "bpe_vocab"),
                   "depthcrafter": ("svd_dir", "variant"),
                   "stable_diffusion": ("variant",),
                   "openclip": ("model_config", "bpe_vocab")}
@@ -55,8 +55,8 @@ flags.DEFINE_string("variant", None,
 flags.DEFINE_string("model_config", None,
                     "openclip: open_clip model config JSON; unset (default): ViT-H-14")
 flags.DEFINE_string("bpe_vocab", None,
-                    "openclip: bpe_simple_vocab_16e6.txt.gz; unset (default): the installed "
-                    "open_clip's")
+                    "openclip / dynamicrafter: OpenCLIP's bpe_simple_vocab_16e6.txt.gz, copied "
+                    "to <output_dir>/tokenizer/; unset (default): the installed open_clip's")
 flags.DEFINE_bool("overwrite", False, "Replace an existing output (default False)")
 
 FLAGS = flags.FLAGS

@@ -129,3 +129,82 @@ def test_convert_lists_every_problem():
     with pytest.raises(common.ConversionError) as err:
         common.check_keymap(shapes, _keymap, target, dropped=("mystery",))
     assert "unmapped" not in str(err.value)
+
+
+# ------------------------------------------------------------------------ streaming conversion
+def _torch_ckpt(tmp_path):
+    rng = np.random.default_rng(2)
+    sd = {"lin.weight": rng.normal(size=(4, 3)).astype(np.float32),
+          "lin.bias": rng.normal(size=(4,)).astype(np.float32),
+          "conv.weight": rng.normal(size=(6, 4, 3, 3)).astype(np.float32),
+          "betas": np.zeros(10, np.float32)}
+    torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in sd.items()}}, tmp_path / "m.ckpt")
+    return sd, common.load_state_dict(tmp_path / "m.ckpt")
+
+
+_TARGET = {"dense": {"kernel": np.zeros((3, 4)), "bias": np.zeros(4)},
+           "conv": {"kernel": np.zeros((3, 3, 4, 6))}}
+
+
+def test_stream_releases_each_tensor_once_used_and_data_survives(tmp_path):
+    sd, state = _torch_ckpt(tmp_path)
+    assert state._release is not None          # a memory-mapped file: pages can be dropped
+    released, seen = [], []
+    real = state._release
+    state._release = lambda k: (released.append(k), real(k))
+    for key, value in state.stream():
+        assert released == seen                 # the previous tensor is released first
+        np.testing.assert_array_equal(value, sd[key])
+        seen.append(key)
+    assert released == list(sd)
+    np.testing.assert_array_equal(state["conv.weight"], sd["conv.weight"])  # re-read from the file
+
+
+def test_check_jobs_reads_no_weights_and_lists_every_job(tmp_path):
+    _, state = _torch_ckpt(tmp_path)
+
+    def boom(key):
+        raise AssertionError(f"read {key}")
+    lazy = common.StateDict(list(state), boom, state.shapes)
+    good = common.Job("net", lazy, _keymap, _TARGET, dropped=("betas",))
+    common.check_jobs([good])                   # shapes only: nothing read
+    bad = common.Job("other", lazy, _keymap, {"dense": {"kernel": np.zeros((2, 2))}},
+                     dropped=("betas",), select=lambda k: k.startswith("lin."))
+    with pytest.raises(common.ConversionError) as err:
+        common.check_jobs([bad])                # conv.weight: selected by no job, not ignored
+    msg = str(err.value)
+    assert "other:" in msg and "dense/kernel" in msg and "conv.weight (6, 4, 3, 3)" in msg
+
+
+def test_write_checkpoint_streams_in_dtype_with_progress(tmp_path, capsys):
+    import ml_dtypes
+    from szero_jax import checkpoints
+    sd, state = _torch_ckpt(tmp_path)
+    job = common.Job("net", state, _keymap, _TARGET, dropped=("betas",))
+    for name in common.OUTPUT_DTYPES:
+        out = common.write_checkpoint(tmp_path / name, [job], {"v": 1}, "test",
+                                      common.output_dtype(name))
+        params, cfg = checkpoints.load_params(out, "test")
+        assert cfg == {"v": 1} and params["dense"]["kernel"].dtype == name
+        want = sd["conv.weight"].transpose(2, 3, 1, 0).astype(common.output_dtype(name))
+        np.testing.assert_array_equal(np.asarray(params["conv"]["kernel"]), want)
+    sizes = {n: (tmp_path / n / checkpoints.PARAMS_FILE).stat().st_size for n in common.OUTPUT_DTYPES}
+    data = (3 * 4 + 4 + 3 * 3 * 4 * 6) * 4
+    assert sizes["float32"] - sizes["bfloat16"] == data // 2     # bfloat16 halves the data
+    err = capsys.readouterr().err
+    assert "net: converting 3 tensors, 0.00 GB as bfloat16" in err and "net: 3/3 tensors" in err
+    assert ml_dtypes.bfloat16 == common.output_dtype("bfloat16")
+    with pytest.raises(ValueError, match="dtype"):
+        common.output_dtype("float16")
+
+
+def test_launcher_refuses_options_of_other_families(fixtures_dir, tmp_path):
+    from experiments import convert as launcher
+    d = fixtures_dir / "dynamicrafter"
+    with pytest.raises(ValueError, match="--parts: not an option of --family openclip"):
+        launcher.run("openclip", str(d / "openclip_tiny.safetensors"), str(tmp_path / "o"),
+                     parts=["unet"])
+    with pytest.raises(ValueError, match="--dtype"):
+        launcher.run("openclip", str(d / "openclip_tiny.safetensors"), str(tmp_path / "o"),
+                     dtype="float16")
+    assert not (tmp_path / "o").exists()
