@@ -124,7 +124,7 @@ def test_right_condition_warped_vs_released(runs):
     (dict(depth=DepthConfig(max_disparity=2.0)), "max_disparity"),
     (dict(sampling=SamplingConfig(steps=0)), r"steps: expected an int in \[1, inf\]"),
     (dict(depth=DepthConfig(dissolve_step=60)), "dissolve_step"),
-    (dict(depth=DepthConfig(kind="inverse")), "depth_kind"),
+    (dict(depth=DepthConfig(kind="inverse")), "kind: expected one of"),
     (dict(depth=DepthConfig(source="model")), "depth_map: passed, but DepthConfig.source"),
     (dict(depth=np.ones((FRAMES, SIZE, SIZE))), "depth: expected a DepthConfig"),
     (dict(sampling="fast"), "sampling: expected a SamplingConfig"),

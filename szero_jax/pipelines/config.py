@@ -115,9 +115,9 @@ class DepthConfig:
         if self.source is not None and self.source not in DEPTH_SOURCES:
             _fail(owner, "source", f"one of {DEPTH_SOURCES} or None", self.source)
         if self.kind not in DEPTH_KINDS:
-            _fail(owner, "depth_kind", f"one of {DEPTH_KINDS}", self.kind)
+            _fail(owner, "kind", f"one of {DEPTH_KINDS}", self.kind)
         if self.kind == "disparity_px" and self.source == "model":
-            _fail(owner, "depth_kind", "'depth' or 'disparity' for the depth model's output "
+            _fail(owner, "kind", "'depth' or 'disparity' for the depth model's output "
                   "('disparity_px' describes a given map)", self.kind)
         check_number(owner, "blur_sigma", self.blur_sigma, 0.0, 1e3)
         if self.max_disparity is not None:
@@ -125,8 +125,8 @@ class DepthConfig:
         if self.convergence is not None:
             check_number(owner, "convergence", self.convergence, 0.0, 1.0)
         check_int(owner, "dissolve_step", self.dissolve_step, 0, DISSOLVE_PLAN_STEPS)
-        check_int(owner, "depth_steps", self.steps, 1)
-        check_number(owner, "depth_guidance", self.guidance, 0.0, 100.0)
+        check_int(owner, "steps", self.steps, 1)
+        check_number(owner, "guidance", self.guidance, 0.0, 100.0)
         return self
 
     def resolve_source(self, depth_map) -> str:

@@ -45,10 +45,14 @@ class _Job(NamedTuple):
     released_depth: bool       # the released run's dissolving and depth scaling
 
 
-def _check_job(models, sampling, depth, stereo, depth_map, shape) -> _Job:
-    """Validates the bundle, the configs and the depth source before any network runs."""
+def _check_models(models: VideoModels, h: int, w: int, name: str):
     if not isinstance(models, VideoModels):
         raise ValueError(f"models: expected a VideoModels bundle, got {type(models).__name__}")
+    check_size(h, w, _multiple(models), name)
+
+
+def _check_job(models, sampling, depth, stereo, depth_map, shape) -> _Job:
+    """Validates the configs and the depth source before any network runs."""
     check_config(sampling, SamplingConfig, "sampling")
     check_config(depth, DepthConfig, "depth")
     check_config(stereo, StereoCrafterZeroConfig, "stereo")
@@ -120,8 +124,8 @@ def image_to_stereo_video(models: VideoModels, image, prompt: str, *,
     check_prompt(prompt)
     img = check_frames(image, "image", 3)
     h, w = img.shape[:2]
+    _check_models(models, h, w, "image")
     job = _check_job(models, sampling, depth, stereo, depth_map, (models.num_frames, h, w))
-    check_size(h, w, _multiple(models), "image")
     s = job.sampling
     timer = StageTimer(callback)
     keys = S.job_keys(s.seed)
@@ -159,11 +163,11 @@ def video_to_stereo_video(models: VideoModels, video, prompt: str, *,
     check_prompt(prompt)
     vid = check_frames(video, "video", 4)
     t, h, w = vid.shape[:3]
-    job = _check_job(models, sampling, depth, stereo, depth_map, (t, h, w))
+    _check_models(models, h, w, "video")
     if t != models.num_frames:
         raise ValueError(f"video: the model takes clips of {models.num_frames} frames (its "
                          f"Resampler's video_length), got {t}")
-    check_size(h, w, _multiple(models), "video")
+    job = _check_job(models, sampling, depth, stereo, depth_map, (t, h, w))
     s = job.sampling
     timer = StageTimer(callback)
     keys = S.job_keys(s.seed)
