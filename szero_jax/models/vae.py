@@ -9,18 +9,22 @@ after encoding and divide before decoding. The VAE is per frame, so it takes no
 cross-view mode: stereo views are just more rows of the batch.
 
 Video helpers fold frames into the batch ([B, T, H, W, C] -> [B*T, H, W, C]) and run the
-network on `chunk` frames at a time (`lax.map`), bounding activation memory.
+network on `chunk` frames at a time (`lax.map`; by default as many as fit `CHUNK_BYTES`),
+bounding activation memory; `decode_video(..., tiles=DecodeTiles())` also decodes each frame
+in overlapping spatial tiles, blended, for high resolutions.
 
 Param names follow lvdm's: `down_{level}_block_{i}`, `up_{level}_block_{i}` (level 0 is the
 full resolution), `mid_block_1`, `mid_attn_1`, `mid_block_2`; see `vae_keymaps`.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from szero_jax.models.attention import multihead_attention
 from szero_jax.models.configs import TemporalVAEConfig, VAEConfig
@@ -41,9 +45,9 @@ class ResnetBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         h = conv(self.out_channels, (3, 3), "conv1", dtype=self.dtype)(
-            GroupNorm(self.groups, NORM_EPS, silu=True, name="norm1")(x))
+            GroupNorm(self.groups, NORM_EPS, silu=True, dtype=self.dtype, name="norm1")(x))
         h = conv(self.out_channels, (3, 3), "conv2", dtype=self.dtype)(
-            GroupNorm(self.groups, NORM_EPS, silu=True, name="norm2")(h))
+            GroupNorm(self.groups, NORM_EPS, silu=True, dtype=self.dtype, name="norm2")(h))
         if x.shape[-1] != self.out_channels:
             x = conv(self.out_channels, (1, 1), "shortcut", dtype=self.dtype)(x)
         return x + h
@@ -58,7 +62,7 @@ class AttnBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         b, hh, ww, c = x.shape
-        h = GroupNorm(self.groups, NORM_EPS, name="norm")(x).reshape(b, hh * ww, c)
+        h = GroupNorm(self.groups, NORM_EPS, dtype=self.dtype, name="norm")(x).reshape(b, hh * ww, c)
         q, k, v = (nn.Dense(c, dtype=self.dtype, name=n)(h) for n in ("q", "k", "v"))
         h = multihead_attention(q, k, v, heads=1)
         return x + nn.Dense(c, dtype=self.dtype, name="proj_out")(h).reshape(x.shape)
@@ -105,7 +109,7 @@ class Encoder(nn.Module):
             if level != last:
                 h = Downsample(dt, name=f"down_{level}_downsample")(h)
         h = _mid_block(h, g, self.mid_attention, dt)
-        h = GroupNorm(g, NORM_EPS, silu=True, name="norm_out")(h)
+        h = GroupNorm(g, NORM_EPS, silu=True, dtype=dt, name="norm_out")(h)
         return conv(2 * self.latent_channels, (3, 3), "conv_out", dtype=dt)(h)
 
 
@@ -130,7 +134,7 @@ class Decoder(nn.Module):
                                 name=f"up_{level}_block_{i}")(h)
             if level != 0:
                 h = Upsample(h.shape[-1], dt, name=f"up_{level}_upsample")(h)
-        h = GroupNorm(g, NORM_EPS, silu=True, name="norm_out")(h)
+        h = GroupNorm(g, NORM_EPS, silu=True, dtype=dt, name="norm_out")(h)
         return conv(self.out_channels, (3, 3), "conv_out", dtype=dt)(h)
 
 
@@ -182,9 +186,9 @@ class TemporalResBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = x.shape[-1]
-        h = GroupNorm(self.groups, TEMPORAL_NORM_EPS, silu=True, name="norm1")(x)
+        h = GroupNorm(self.groups, TEMPORAL_NORM_EPS, silu=True, dtype=self.dtype, name="norm1")(x)
         h = conv(c, (3, 1, 1), "conv1", dtype=self.dtype)(h)
-        h = GroupNorm(self.groups, TEMPORAL_NORM_EPS, silu=True, name="norm2")(h)
+        h = GroupNorm(self.groups, TEMPORAL_NORM_EPS, silu=True, dtype=self.dtype, name="norm2")(h)
         h = conv(c, (3, 1, 1), "conv2", dtype=self.dtype)(h)
         return x + h
 
@@ -230,7 +234,7 @@ class TemporalDecoder(nn.Module):
                                            name=f"up_{level}_block_{i}")(h, num_frames)
             if level != 0:
                 h = Upsample(h.shape[-1], dt, name=f"up_{level}_upsample")(h)
-        h = GroupNorm(g, NORM_EPS, silu=True, name="norm_out")(h)
+        h = GroupNorm(g, NORM_EPS, silu=True, dtype=dt, name="norm_out")(h)
         h = conv(self.out_channels, (3, 3), "conv_out", dtype=dt)(h)
         video = h.reshape((-1, num_frames) + h.shape[1:])
         video = conv(self.out_channels, (3, 1, 1), "time_conv_out", dtype=dt)(video)
@@ -273,15 +277,92 @@ def sample_latent(key, mean, logvar):
     return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
 
 
+# Per-frame temporary memory of a decode, measured: ~6 float32 copies of the full-resolution
+# first-level activation (576x1024, 128 channels: 1.81 GB f32 / 1.51 GB bf16 per frame on
+# XLA:CPU, experiments/benchmark_memory.py).
+_BYTES_PER_PIXEL_CHANNEL = 6 * 4
+CHUNK_BYTES = 1 << 30  # chunk=None: as many frames per chunk as fit this estimate
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeTiles:
+    """Spatially tiled decoding: latent tiles of ``size`` x ``size`` overlapping by
+    ``overlap`` latent pixels, blended with linear ramps across each overlap. Tiles see only
+    their own region (the mid-block attention and GroupNorm statistics become per tile), so
+    the result departs slightly from untiled decoding (measured in tests/test_vae_memory.py)."""
+
+    size: int = 64  # latent pixels: 512 px tiles for an 8x VAE
+    overlap: int = 16  # 128 px for an 8x VAE: StereoCrafter's tile overlap (issue 13)
+
+    def __post_init__(self):
+        if self.size <= 0 or not 0 <= self.overlap < self.size:
+            raise ValueError(f"DecodeTiles: need size > 0 and 0 <= overlap < size, got "
+                             f"size={self.size}, overlap={self.overlap}")
+
+
+def _tile_starts(length: int, size: int, overlap: int):
+    """Start offsets of tiles of ``size`` covering ``length`` with at least ``overlap``."""
+    if length <= size:
+        return [0]
+    step = size - overlap
+    starts = list(range(0, length - size, step)) + [length - size]
+    return sorted(set(starts))
+
+
+def _ramp(length: int, lo_overlap: int, hi_overlap: int):
+    """1-D blend weights of a tile: linear up over ``lo_overlap``, down over ``hi_overlap``."""
+    w = np.ones(length, np.float32)
+    if lo_overlap:
+        w[:lo_overlap] = (np.arange(lo_overlap) + 0.5) / lo_overlap
+    if hi_overlap:
+        w[length - hi_overlap:] = np.minimum(w[length - hi_overlap:],
+                                             (np.arange(hi_overlap)[::-1] + 0.5) / hi_overlap)
+    return w
+
+
+def decode_tiled(decode_fn, z, tiles: DecodeTiles, factor: int):
+    """``decode_fn`` (latents [N, h, w, c] -> pixels [N, factor h, factor w, C]) over
+    overlapping latent tiles of z [N, h, w, c] (one tile at a time, ``lax.map``), blended."""
+    n, h, w, _ = z.shape
+    th, tw = min(tiles.size, h), min(tiles.size, w)
+    ys, xs = _tile_starts(h, th, tiles.overlap), _tile_starts(w, tw, tiles.overlap)
+    if len(ys) == len(xs) == 1:
+        return decode_fn(z)
+    boxes = [(y, x) for y in ys for x in xs]
+    parts = jnp.stack([z[:, y:y + th, x:x + tw] for y, x in boxes])
+    out = jax.lax.map(decode_fn, parts)  # [tiles, N, factor th, factor tw, C]
+    acc = jnp.zeros((n, factor * h, factor * w, out.shape[-1]), jnp.float32)
+    norm = np.zeros((factor * h, factor * w), np.float32)
+    for i, (y, x) in enumerate(boxes):
+        # Overlaps with the neighbouring tiles (the last tile is aligned to the far edge and
+        # may overlap more): ramps run over the pixels actually shared.
+        up = ys.index(y)
+        left = xs.index(x)
+        oy0 = (ys[up - 1] + th - y) if up else 0
+        oy1 = (y + th - ys[up + 1]) if up + 1 < len(ys) else 0
+        ox0 = (xs[left - 1] + tw - x) if left else 0
+        ox1 = (x + tw - xs[left + 1]) if left + 1 < len(xs) else 0
+        wgt = np.outer(_ramp(factor * th, factor * oy0, factor * oy1),
+                       _ramp(factor * tw, factor * ox0, factor * ox1))
+        sl = (slice(factor * y, factor * (y + th)), slice(factor * x, factor * (x + tw)))
+        acc = acc.at[:, sl[0], sl[1]].add(out[i].astype(jnp.float32) * wgt[None, :, :, None])
+        norm[sl] += wgt
+    return (acc / norm[None, :, :, None]).astype(out.dtype)
+
+
 def _map_chunks(fn, x, chunk: int):
-    """fn over x's leading axis `chunk` rows at a time (last chunk zero-padded)."""
+    """fn over x's leading axis in chunks of at most ``chunk`` rows (equal chunks that divide
+    the rows where possible, else the last one zero-padded), one chunk at a time."""
     n = x.shape[0]
     if chunk <= 0:
         raise ValueError(f"chunk: expected a positive number of frames, got {chunk}")
-    chunk = min(chunk, n)
-    pad = -n % chunk
+    blocks = -(-n // min(chunk, n))
+    size = next((n // k for k in range(blocks, 2 * blocks + 1) if n % k == 0), -(-n // blocks))
+    pad = -n % size
     xp = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-    out = jax.lax.map(fn, xp.reshape((-1, chunk) + x.shape[1:]))
+    if xp.shape[0] == size:
+        return fn(xp)
+    out = jax.lax.map(fn, xp.reshape((-1, size) + x.shape[1:]))
     return jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:])[:n], out)
 
 
@@ -290,34 +371,68 @@ def _check_video(name, v, channels):
         raise ValueError(f"{name}: expected [B, T, H, W, {channels}], got shape {v.shape}")
 
 
-def encode_video(model: nn.Module, params, video, chunk: int = 16):
-    """Per-frame encoding of video [B, T, H, W, C] -> (mean, logvar) [B, T, h, w, c]."""
+def _factor(config) -> int:
+    return 2 ** (len(config.block_out_channels) - 1)
+
+
+def auto_chunk(config, height: int, width: int) -> int:
+    """Frames per chunk whose encode/decode at ``height`` x ``width`` pixels (of one frame or
+    tile) fits ``CHUNK_BYTES`` by the estimate above (at least 1)."""
+    per_frame = _BYTES_PER_PIXEL_CHANNEL * height * width * config.block_out_channels[0]
+    return max(1, CHUNK_BYTES // per_frame)
+
+
+def encode_video(model: nn.Module, params, video, chunk: int | None = None):
+    """Per-frame encoding of video [B, T, H, W, C] -> (mean, logvar) [B, T, h, w, c], ``chunk``
+    frames at a time (None: ``auto_chunk``)."""
     _check_video("video", video, model.config.in_channels)
-    b, t = video.shape[:2]
+    b, t, hh, ww = video.shape[:4]
+    chunk = auto_chunk(model.config, hh, ww) if chunk is None else chunk
     mean, logvar = _map_chunks(lambda x: model.apply(params, x, method="encode"),
                                video.reshape((b * t,) + video.shape[2:]), chunk)
     return (mean.reshape((b, t) + mean.shape[1:]), logvar.reshape((b, t) + logvar.shape[1:]))
 
 
-def decode_video(model: nn.Module, params, z, chunk: int = 16):
+TEMPORAL_CHUNK = 16  # temporal decoder's default clip length (was this helper's default)
+
+
+def decode_video(model: nn.Module, params, z, chunk: int | None = None,
+                 tiles: DecodeTiles | None = None):
     """Decodes latents [B, T, h, w, c] -> video [B, T, H, W, C].
 
-    For `AutoencoderKL` frames are independent and `chunk` only bounds memory. For the
-    temporal decoder each video is decoded `chunk` frames at a time as one clip, as the
-    diffusers SVD pipeline does with `decode_chunk_size` (the result depends on `chunk`).
+    For ``AutoencoderKL`` frames are independent and ``chunk`` (None: ``auto_chunk``) only
+    bounds memory. For the temporal decoder each video is decoded ``chunk`` frames at a time
+    as one clip (None: ``TEMPORAL_CHUNK``), as the diffusers SVD pipeline does with
+    ``decode_chunk_size`` (the result depends on ``chunk``); equal clips run one at a time
+    (``lax.map``), a shorter last clip after them. ``tiles``: decode each frame (clip) in
+    overlapping spatial tiles (``DecodeTiles``), for high resolutions.
     """
     _check_video("z", z, model.config.latent_channels)
-    b, t = z.shape[:2]
+    b, t, h, w = z.shape[:4]
+    f = _factor(model.config)
+    tiled = (lambda fn: (lambda x: decode_tiled(fn, x, tiles, f))) if tiles else (lambda fn: fn)
     if isinstance(model, AutoencoderKLTemporalDecoder):
+        chunk = TEMPORAL_CHUNK if chunk is None else chunk
         if chunk <= 0:
             raise ValueError(f"chunk: expected a positive number of frames, got {chunk}")
-        clips = []
-        for start in range(0, t, chunk):  # static slices: at most two clip lengths compile
-            part = z[:, start:start + chunk]
-            n = part.shape[1]
-            out = model.apply(params, part.reshape((b * n,) + z.shape[2:]), n, method="decode")
-            clips.append(out.reshape((b, n) + out.shape[1:]))
-        return jnp.concatenate(clips, axis=1)
-    out = _map_chunks(lambda x: model.apply(params, x, method="decode"),
+        chunk = min(chunk, t)
+
+        def clip_decode(n):
+            # x [b, n, h, w, c] -> [b, n, H, W, C]; tiles see all of a clip's frames.
+            run = tiled(lambda y: model.apply(params, y, n, method="decode"))
+            return lambda x: run(x.reshape((b * n,) + x.shape[2:])).reshape(
+                (b, n, f * h, f * w, -1))
+
+        full, rest = divmod(t, chunk)
+        clips = z[:, :full * chunk].reshape((b, full, chunk) + z.shape[2:]).swapaxes(0, 1)
+        out = jax.lax.map(clip_decode(chunk), clips) if full > 1 else clip_decode(chunk)(
+            clips[0])[None]
+        out = out.swapaxes(0, 1).reshape((b, full * chunk) + out.shape[3:])
+        if rest:
+            out = jnp.concatenate([out, clip_decode(rest)(z[:, full * chunk:])], axis=1)
+        return out
+    th, tw = (min(tiles.size, h), min(tiles.size, w)) if tiles else (h, w)
+    chunk = auto_chunk(model.config, f * th, f * tw) if chunk is None else chunk
+    out = _map_chunks(tiled(lambda x: model.apply(params, x, method="decode")),
                       z.reshape((b * t,) + z.shape[2:]), chunk)
     return out.reshape((b, t) + out.shape[1:])
