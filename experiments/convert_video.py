@@ -34,7 +34,8 @@ cf.declare(__name__, "checkpoint", "output_dir", "seed", "format", "dtype",
            "compilation_cache_dir", "random_weights_for_testing", "prompt", *cf.SAMPLING_FLAGS,
            *cf.DEPTH_FLAGS, *cf.STEREO_FLAGS)
 flags.DEFINE_string("input", None, "A video file, or a folder whose videos are converted file "
-                    "by file (default None: required)")
+                    "by file (default None: required; with a folder, --depth may be a folder of "
+                    "<video name>.npy files)")
 flags.DEFINE_enum("right", "composite", ["composite", "latent"], "Right view: the input warped "
                   "at source resolution with diffusion in the holes only, or the method's own "
                   "decoded right view upsampled (research)")
@@ -47,6 +48,8 @@ flags.DEFINE_bool("lossless", False, "Write FFV1 in .mkv (frame-exact; the left 
                   "equals the input) instead of H.264 CRF 18 in .mp4")
 flags.DEFINE_bool("resume", False, "Continue an interrupted conversion from its work folder "
                   "inside --output_dir (same settings required)")
+flags.DEFINE_bool("write_disparity", False, "Also write disparity.npy: the pixel disparity "
+                  "used, float32 [T, H, W] at the source size")
 flags.DEFINE_integer("devices", None, "Local devices the stereo windows are batched over, one "
                      "window each (default None: all)")
 FLAGS = flags.FLAGS
@@ -102,6 +105,22 @@ def _inputs():
     return [path], False
 
 
+def _depth_for(source: Path):
+    """--depth for one video: the file, or in a --depth folder the file named like the
+    video (``<stem>.npy`` or a video ``<stem>.*``)."""
+    if FLAGS.depth is None:
+        return None
+    depth = Path(FLAGS.depth).expanduser()
+    if not depth.is_dir():
+        return str(depth)
+    found = sorted(p for p in depth.iterdir() if p.stem == source.stem and p.is_file())
+    if not found:
+        raise FileNotFoundError(f"--depth: the folder {depth} has no depth file for "
+                                f"{source.name} (expected {source.stem}.npy or a video "
+                                f"{source.stem}.*)")
+    return str(found[0])
+
+
 def _configs():
     import dataclasses  # pylint: disable=import-outside-toplevel
     from szero_jax.pipelines.config import SamplingConfig  # pylint: disable=import-outside-toplevel
@@ -109,7 +128,8 @@ def _configs():
     sampling = cf.sampling_config(SamplingConfig.inversion())
     depth = cf.depth_config()
     footage = dataclasses.replace(FootageConfig(), right=FLAGS.right, overlap=FLAGS.overlap,
-                                  depth_window=FLAGS.window, lossless=FLAGS.lossless)
+                                  depth_window=FLAGS.window, lossless=FLAGS.lossless,
+                                  write_disparity=FLAGS.write_disparity)
     return sampling, depth, cf.stereo_config(), footage.validate()
 
 
@@ -125,8 +145,8 @@ def main(argv):
     infos = [stream.probe_video(p, "--input") for p in sources]    # every input, before work
     models = _models()
     prompt = _prompt(models)
-    jobs = [J.FootageJob(info, prompt, sampling, depth, stereo, footage, FLAGS.depth, layouts)
-            for info in infos]
+    jobs = [J.FootageJob(info, prompt, sampling, depth, stereo, footage, _depth_for(src), layouts)
+            for info, src in zip(infos, sources)]
     for job in jobs:                   # every check of every video before any conversion
         J.check_job(models, job)
     written = []

@@ -38,6 +38,9 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 CRF = 18  # x264 "visually lossless" (x264 docs); io.write_video uses the same
 LOSSLESS_CODEC = ("ffv1", "gbrp")   # FFV1 (level 3) on planar RGB: bit-exact frames
 LOSSY_CODEC = ("libx264", "yuv420p")
+# No random container ids (Matroska's SegmentUID) or version strings: the same frames give
+# the same bytes, so resumed and multi-device outputs can be compared file for file.
+BITEXACT = ("-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact")
 # Audio codecs mp4 carries as they are; others are re-encoded to AAC there (mkv takes any).
 MP4_AUDIO = ("aac", "mp3", "ac3", "eac3", "opus", "flac", "alac")
 
@@ -78,7 +81,7 @@ def probe_video(path, name: str = "video") -> VideoInfo:
     vcodec = re.search(r"Stream #0:\d+\S*: Video: (\w+)", head.stderr)
     if head.returncode or not (rate and size and vcodec):
         raise ValueError(f"{name}: could not read {str(path)!r} as a video (truncated, not a "
-                         f"video, or no video stream): {_tail(head.stderr)}")
+                         f"video, no video stream or no frames): {_tail(head.stderr)}")
     acodec = re.search(r"Stream #0:\d+\S*: Audio: (\w+)", head.stderr)
     count = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-noautorotate",
                             "-i", str(path), "-map", "0:v:0", "-fps_mode", "passthrough",
@@ -189,7 +192,8 @@ class FrameWriter:
         self._cmd = [FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y", "-f", "rawvideo",
                      "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
                      *audio_in, "-map", "0:v:0", "-c:v", codec, "-pix_fmt", pix, *quality,
-                     *_audio_args(self.path.suffix.lower(), audio_from), str(self.path)]
+                     *_audio_args(self.path.suffix.lower(), audio_from), *BITEXACT,
+                     str(self.path)]
         self.frames = 0
 
     def __enter__(self):
@@ -239,7 +243,7 @@ def mux(path, segments: Sequence, audio_from: Optional[VideoInfo] = None) -> Pat
         "-i", audio_from.path]
     cmd = [FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y", "-f", "concat", "-safe", "0",
            "-i", listing.name, *audio_in, "-map", "0:v:0", "-c:v", "copy",
-           *_audio_args(path.suffix.lower(), audio_from), str(path)]
+           *_audio_args(path.suffix.lower(), audio_from), *BITEXACT, str(path)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, errors="replace", check=False)
     finally:

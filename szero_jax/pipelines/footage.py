@@ -55,6 +55,8 @@ class FootageConfig:
     segment_frames: int = 64            # frames per output segment (the assembly's resume
                                         # unit; fixed, so resumed outputs are bit-identical)
     lossless: bool = False              # FFV1 (.mkv) instead of H.264 CRF 18 (.mp4)
+    write_disparity: bool = False       # also write the source-size pixel disparity used
+                                        # (disparity.npy, float32 [T, H, W])
 
     def validate(self) -> "FootageConfig":
         owner = "FootageConfig"
@@ -197,10 +199,12 @@ def smooth_bounds(bounds, sigma_frames: float) -> np.ndarray:
     b = np.asarray(bounds, np.float64)
     if sigma_frames <= 0 or b.shape[0] == 1:
         return b.copy()
-    r = int(min(b.shape[0] - 1, np.ceil(3 * sigma_frames)))
+    r = int(np.ceil(3 * sigma_frames))
     k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma_frames) ** 2)
-    num = np.stack([np.convolve(b[:, i], k, "same") for i in range(2)], axis=1)
-    den = np.convolve(np.ones(b.shape[0]), k, "same")[:, None]
+    t = b.shape[0]
+    same = lambda x: np.convolve(x, k, "full")[r:r + t]      # centred, any kernel length
+    num = np.stack([same(b[:, i]) for i in range(2)], axis=1)
+    den = same(np.ones(t))[:, None]
     return num / den
 
 

@@ -413,6 +413,8 @@ def model_disparity(models: VideoModels, job: FootageJob, plan: _Plan, programs:
         mine = F.split_windows(plan.depth_windows, jax.process_index(), jax.process_count())
         todo = [w for w in mine if not (ddir / f"win_{w.index:06d}.npy").is_file()]
         if todo:
+            if progress:
+                progress("depth", todo[0].start, info.frames)
             with FrameReader(info) as reader:
                 frames = _Frames(reader, plan.letterbox, timer)
                 for w in todo:
@@ -496,6 +498,14 @@ class _Assembler:
                 f.unlink()
         self.reader = None
         self._cache: dict[int, np.ndarray] = {}
+        self.disparity_file = work / "disparity.npy" if job.footage.write_disparity else None
+        self._disparity_out = None
+        if self.disparity_file is not None:
+            shape = (t_total, job.source.height, job.source.width)
+            self._disparity_out = (np.load(self.disparity_file, mmap_mode="r+") if self.done
+                                   and self.disparity_file.is_file() else
+                                   np.lib.format.open_memmap(self.disparity_file, "w+",
+                                                             np.float32, shape))
 
     @property
     def position(self) -> int:
@@ -531,6 +541,8 @@ class _Assembler:
         a, b = self.segments[k]
         if self.reader is None:
             self.reader = FrameReader(job.source).__enter__()
+            if self.progress:
+                self.progress("assemble", a, job.source.frames)
         if self.reader.position < a:
             self.reader.skip(a - self.reader.position)
         names = {r: self.sdir / f"{r}_{k:06d}.mkv" for r in roles(job)}
@@ -556,6 +568,8 @@ class _Assembler:
                 right, holes = np.asarray(right)[:e - s], np.asarray(holes)[:e - s]
                 self._measure(s, right, holes, np.asarray(lrc)[:e - s],
                               np.asarray(ctrl)[:e - s], d_src)
+                if self._disparity_out is not None:
+                    self._disparity_out[s:e] = d_src
                 start = time.perf_counter()
                 for r, wr in writers.items():
                     wr.write(left if r == "left" else right if r == "right" else
@@ -566,6 +580,8 @@ class _Assembler:
                     self.progress("assemble", e, info.frames)
         for r in names:
             os.replace(tmp[r], names[r])
+        if self._disparity_out is not None:
+            self._disparity_out.flush()
         last = self.sdir / f"last_{k:06d}.npz"
         _atomic_save(last, lambda p: np.savez(p, right=self.prev[0], holes=self.prev[1]))
         _save_json(self.sdir / f"seg_{k:06d}.json", {"frames": [a, b], "seams": self.seams.state(),
@@ -623,6 +639,8 @@ def _stereo_windows(models, job, plan, programs, disparity, work, timer, progres
     if assembler is not None:
         assembler.run_ready()
     if todo:
+        if progress:
+            progress("stereo", todo[0].start, info.frames)
         with FrameReader(info) as reader:
             frames = _Frames(reader, plan.letterbox, timer)
             for i in range(0, len(todo), n):
@@ -680,6 +698,11 @@ def convert_video(models: VideoModels, job: FootageJob, work_dir, out_dir, *,
         segs = [work / "segments" / f"{r}_{k:06d}.mkv" for k in range(len(assembler.segments))]
         mux(out_dir / output_name(job, r), segs, audio_from=job.source)
         files.append({"path": output_name(job, r), "role": r})
+    if assembler.disparity_file is not None:
+        assembler._disparity_out.flush()              # pylint: disable=protected-access
+        assembler._disparity_out = None               # pylint: disable=protected-access
+        os.replace(assembler.disparity_file, out_dir / "disparity.npy")
+        files.append({"path": "disparity.npy", "role": "disparity"})
     timer.timings["mux"] = time.perf_counter() - t0
     total = time.perf_counter() - start
     stage_total = sum(timer.timings.values())

@@ -1,0 +1,243 @@
+"""experiments/convert_video.py: real footage to stereo (streaming, the input exact, audio
+kept, resumable, device-independent), its bad inputs, and the streaming FFmpeg I/O."""
+import json
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from szero_jax.io import stream
+from szero_jax.pipelines import footage_job as J
+from szero_jax.pipelines.config import DepthConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--steps", "3", "--restart_steps", "1", "--restart_rounds", "1", "--refine_rounds", "0"]
+
+
+def run(*args, env=None, check=True, timeout=900):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", **(env or {}))
+    proc = subprocess.run([sys.executable, "-m", "experiments.convert_video", *map(str, args)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+def clip(folder, frames, h=160, w=256, audio=True):
+    from experiments.benchmark_footage import make_clip
+    return make_clip(Path(folder), frames, h, w, audio=audio)
+
+
+def write(path, frames_u8, lossless=True):
+    h, w = frames_u8.shape[1:3]
+    with stream.FrameWriter(path, w, h, Fraction(24), lossless=lossless) as wr:
+        wr.write(frames_u8)
+    return path
+
+
+# ----------------------------------------------------------------------------- io.stream
+def test_stream_round_trip_exact_and_audio(tmp_path):
+    frames = np.random.RandomState(0).randint(0, 256, (11, 32, 48, 3), np.uint8)
+    seg = [write(tmp_path / "a.mkv", frames[:6]), write(tmp_path / "b.mkv", frames[6:])]
+    with_audio, _, _ = clip(tmp_path / "src", 12, 32, 48)
+    info = stream.probe_video(with_audio)
+    assert (info.width, info.height, info.frames, info.fps, info.audio_codec) == (
+        48, 32, 12, Fraction(24), "aac")
+    out = stream.mux(tmp_path / "out.mkv", seg, audio_from=info)
+    got = stream.probe_video(out)
+    assert got.frames == 11 and got.audio_codec == "aac" and got.video_codec == "ffv1"
+    with stream.FrameReader(got) as r:
+        first = r.read(4)
+        r.skip(2)
+        rest = np.concatenate(list(r.chunks(3)))
+    np.testing.assert_array_equal(np.concatenate([first, rest]), np.delete(frames, [4, 5], 0))
+    assert any(s.startswith("Audio: aac") for s in stream.streams(out))
+
+
+def test_exact_frame_rate_is_kept(tmp_path):
+    path = tmp_path / "ntsc.mp4"
+    subprocess.run([stream.FFMPEG, "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=64x32:rate=24000/1001", "-t", "0.5", "-pix_fmt", "yuv420p",
+                    str(path)], check=True)
+    assert stream.probe_video(path).fps == Fraction(24000, 1001)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_videos(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--input: no video file"):
+        stream.probe_video(tmp_path / "missing.mp4", "--input")
+    (tmp_path / "junk.mp4").write_text("not a video")
+    with pytest.raises(ValueError, match="--input: could not read .* as a video"):
+        stream.probe_video(tmp_path / "junk.mp4", "--input")
+    good = write(tmp_path / "good.mkv", np.zeros((20, 32, 48, 3), np.uint8) + 100)
+    data = good.read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(data[:len(data) * 2 // 3])
+    with pytest.raises(ValueError, match="--input: .* does not decode cleanly"):
+        stream.probe_video(tmp_path / "cut.mkv", "--input")
+    empty = write(tmp_path / "e.mkv", np.zeros((3, 32, 48, 3), np.uint8))
+    zero = tmp_path / "zero.mkv"             # the stream header, no frames
+    subprocess.run([stream.FFMPEG, "-v", "error", "-i", str(empty), "-c", "copy", "-frames:v",
+                    "0", str(zero)], check=True)
+    with pytest.raises(ValueError, match="--input: could not read .*no frames"):
+        stream.probe_video(zero, "--input")
+    audio = tmp_path / "audio.mkv"
+    subprocess.run([stream.FFMPEG, "-v", "error", "-f", "lavfi", "-i", "sine", "-t", "0.3",
+                    str(audio)], check=True)
+    with pytest.raises(ValueError, match="no video stream"):
+        stream.probe_video(audio, "--input")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="--input: the folder .* holds no videos"):
+        stream.list_videos(tmp_path / "folder", "--input")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from szero_jax import pipelines
+    return pipelines.load_video_models(None)
+
+
+def test_bad_jobs_fail_before_work(tmp_path, tiny):
+    video, disparity, _ = clip(tmp_path, 10, 32, 48, audio=False)
+    info = stream.probe_video(video)
+    job = lambda **kw: J.FootageJob(info, "a background", **kw)
+    J.check_job(tiny, job(depth_file=str(disparity),
+                          depth=DepthConfig(kind="disparity_px", blur_sigma=0.0)))
+    np.save(tmp_path / "short.npy", np.ones((9, 32, 48), np.float32))
+    with pytest.raises(ValueError, match=r"depth: expected shape \(10, 32, 48\) .* got \(9, 32, 48\)"):
+        J.check_job(tiny, job(depth_file=str(tmp_path / "short.npy")))
+    np.save(tmp_path / "small.npy", np.ones((10, 16, 48), np.float32))
+    with pytest.raises(ValueError, match=r"depth: expected shape"):
+        J.check_job(tiny, job(depth_file=str(tmp_path / "small.npy")))
+    dvid = write(tmp_path / "dv.mkv", np.zeros((7, 32, 48, 3), np.uint8))
+    with pytest.raises(ValueError, match="depth: the depth video has 7 frames of 32x48; "
+                                         "expected 10 of 32x48"):
+        J.check_job(tiny, job(depth_file=str(dvid)))
+    with pytest.raises(FileNotFoundError, match="depth: no depth file"):
+        J.check_job(tiny, job(depth_file=str(tmp_path / "none.npy")))
+    with pytest.raises(ValueError, match="depth_kind: 'disparity_px' describes a given map"):
+        J.check_job(tiny, job(depth=DepthConfig(kind="disparity_px")))
+    odd = write(tmp_path / "odd.mkv", np.zeros((4, 33, 48, 3), np.uint8))
+    with pytest.raises(ValueError, match="input: the frame size 48x33 is odd"):
+        J.check_job(tiny, J.FootageJob(stream.probe_video(odd), "a background"))
+    bad = np.ones((10, 32, 48), np.float32)
+    bad[3, 1, 1] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    with pytest.raises(ValueError, match="depth: contains 1 NaN/inf values"):
+        J._given_values_check(np.load(tmp_path / "nan.npy", mmap_mode="r"), "depth")
+    from szero_jax.pipelines.footage import FootageConfig
+    with pytest.raises(ValueError, match="overlap: expected an overlap in"):
+        J.check_job(tiny, job(footage=FootageConfig(overlap=8)))
+
+
+def test_launcher_bad_input_errors(tmp_path):
+    odd = write(tmp_path / "odd.mkv", np.zeros((4, 33, 48, 3), np.uint8))
+    proc = run("--input", odd, "--output_dir", tmp_path / "out", check=False, timeout=300)
+    assert proc.returncode != 0 and "frame size 48x33 is odd" in proc.stderr
+    assert not any((tmp_path / "out").glob("*.mp4"))
+    (tmp_path / "empty").mkdir()
+    proc = run("--input", tmp_path / "empty", "--output_dir", tmp_path / "out", check=False,
+               timeout=300)
+    assert proc.returncode != 0 and "holds no videos" in proc.stderr
+    locked = tmp_path / "locked"
+    locked.write_text("a file, not a folder")
+    proc = run("--input", odd, "--output_dir", locked, check=False, timeout=300)
+    assert proc.returncode != 0 and "exists and is not a folder" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_convert_folder_lossless_true_disparity(tmp_path):
+    """A folder of two clips (14 frames with audio: 2 windows; 4 frames: shorter than a
+    window, padded and trimmed), the true disparity, lossless: the left output is the
+    input, the right view is the forward warp of the input farther than 4 px from every
+    hole, the audio is kept, summary.json lists files, timings, seams."""
+    from scipy.ndimage import distance_transform_edt
+    from experiments.baselines import warp_left
+    from experiments.benchmark_footage import read_all
+    src, depth = tmp_path / "in", tmp_path / "depth"
+    long_clip, long_d, _ = clip(src, 14)
+    short_clip, short_d, _ = clip(src, 4, audio=False)
+    depth.mkdir()
+    for c, d in ((long_clip, long_d), (short_clip, short_d)):
+        os.replace(d, depth / f"{c.stem}.npy")
+    proc = run("--input", src, "--output_dir", tmp_path / "out", "--depth", depth,
+               "--depth_kind", "disparity_px", "--blur_sigma", "0", "--lossless", *FAST)
+    assert "[stereo] frames" in proc.stdout and "[assemble] frames" in proc.stdout
+    for name, c in (("long", long_clip), ("short", short_clip)):
+        out = tmp_path / "out" / c.stem
+        summary = json.loads((out / "summary.json").read_text())
+        assert {f["role"] for f in summary["files"]} == {"left", "right", "sbs", "summary"}
+        source = read_all(c)
+        left, right = read_all(out / "left.mkv"), read_all(out / "right.mkv")
+        np.testing.assert_array_equal(left, source)
+        warped, holes, _ = warp_left(source.astype(np.float32) / 255,
+                                     np.load(depth / f"{c.stem}.npy"))
+        far = np.stack([distance_transform_edt(~h) for h in holes]) > 4
+        np.testing.assert_array_equal(right[far], np.round(warped * 255).astype(np.uint8)[far])
+        assert read_all(out / "sbs.mkv").shape == (source.shape[0], 160, 512, 3)
+        assert summary["frames"] == source.shape[0] and summary["fps"] == "24"
+        assert summary["windows"]["stereo"] == (2 if name == "long" else 1)
+        for stage in ("read", "encode", "invert", "stereo", "decode", "assemble", "mux"):
+            assert summary["timings_s"][stage] > 0, stage
+        assert abs(sum(summary["stage_share"].values()) - 1) < 1e-6
+        assert summary["frames_per_second"] > 0
+        m = summary["metrics"]
+        assert 0 < m["hole_fraction"] < 0.2
+        assert m["left_right_consistency"] < m["left_right_consistency_input_vs_itself"]
+        if name == "long":
+            assert any(s.startswith("Audio: aac") for s in stream.streams(out / "right.mkv"))
+            assert m["seam_pairs"] > 0 and m["inside_pairs"] > 0
+    assert not any((tmp_path / "out" / ".convert-work").iterdir())   # work folders removed
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_identical(tmp_path):
+    from experiments import benchmark_footage as BF
+    BF.FLAGS(["benchmark_footage", "--height=160", "--width=256"])
+    res = BF.resume(tmp_path, frames=150)
+    assert res["segments_kept_after_kill"] >= 1 and res["windows_kept_after_kill"] >= 1
+    assert res["final_files_after_kill"] == []
+    assert all(res["bytes_identical"].values()) and res["right_frames_identical"]
+
+
+@pytest.mark.slow
+def test_one_two_four_devices_identical(tmp_path):
+    from experiments import benchmark_footage as BF
+    BF.FLAGS(["benchmark_footage", "--height=160", "--width=256"])
+    res = BF.devices(tmp_path, frames=40)
+    assert all(res["right_frames_identical"].values())
+    assert all(res["bytes_identical"].values())
+
+
+@pytest.mark.slow
+def test_memory_does_not_grow_with_length(tmp_path):
+    from experiments import benchmark_footage as BF
+    BF.FLAGS(["benchmark_footage", "--height=160", "--width=256", "--memory_short=100",
+              "--memory_long=400"])
+    res = BF.memory(tmp_path)
+    assert res["long_over_short"] < 1.3, res
+
+
+@pytest.mark.slow
+def test_long_clip_true_disparity_and_depth_model(tmp_path):
+    """The issue's 200-frame 160x256 world clip, composite, both depth sources (10 steps)."""
+    from experiments import benchmark_footage as BF
+    BF.FLAGS(["benchmark_footage", "--height=160", "--width=256", "--frames=200"])
+    video, disparity_file, scene = BF.make_clip(tmp_path, 200, 160, 256)
+    for name, args in (("gt", ["--depth", disparity_file, "--depth_kind", "disparity_px",
+                               "--blur_sigma", "0"]), ("model", [])):
+        out = tmp_path / name
+        BF.convert(["--input", video, "--output_dir", out, "--lossless", "--steps", "10",
+                    "--write_disparity", *args])
+        used = np.load(out / "disparity.npy")
+        if name == "gt":
+            np.testing.assert_array_equal(used, scene.disparity)
+        checks = BF.check_outputs(out, video, used)
+        assert checks["left_equals_input"] and checks["right_equals_warp_beyond_4px"]
+        assert checks["audio_kept"] and checks["frames_in_out"] == [200, 200]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["windows"]["stereo"] == 33
