@@ -132,6 +132,12 @@ def test_bad_jobs_fail_before_work(tmp_path, tiny):
     from szero_jax.pipelines.footage import FootageConfig
     with pytest.raises(ValueError, match="overlap: expected an overlap in"):
         J.check_job(tiny, job(footage=FootageConfig(overlap=8)))
+    first = job()
+    J.prepare_work_dir(tmp_path / "work", first, J.check_job(tiny, first), resume=False)
+    other = job(footage=FootageConfig(overlap=3))
+    with pytest.raises(ValueError, match="resume: the work folder .* was made with other "
+                                         "settings \\(footage differ\\)"):
+        J.prepare_work_dir(tmp_path / "work", other, J.check_job(tiny, other), resume=True)
 
 
 def test_launcher_bad_input_errors(tmp_path):
