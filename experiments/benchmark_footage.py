@@ -44,6 +44,8 @@ cf.declare(__name__, "steps", "height", "width", "frames", "output_json", "seed"
 flags.DEFINE_list("footage_parts", list(PARTS), f"Parts to run, of {PARTS}")
 flags.DEFINE_integer("memory_short", 100, "Frames of the short memory run")
 flags.DEFINE_integer("memory_long", 400, "Frames of the long memory run")
+flags.DEFINE_string("footage_dir", None, "Keep the clips and outputs here (default None: a "
+                    "temporary folder, deleted at the end)")
 FLAGS = flags.FLAGS
 # Fast sampler settings for the runs whose point is not the quality (memory, devices,
 # resume): one restart round, no refinement.
@@ -244,7 +246,7 @@ def main(argv):
         raise ValueError(f"--footage_parts: expected a subset of {PARTS}, got {sorted(unknown)}")
     results = {}
     with tempfile.TemporaryDirectory(prefix="footage-") as tmp:
-        folder = Path(tmp)
+        folder = Path(FLAGS.footage_dir or tmp)
         for part in FLAGS.footage_parts:
             start = time.perf_counter()
             if part == "quality":

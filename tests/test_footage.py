@@ -123,20 +123,22 @@ def test_depth_stitcher_padded_short_video():
 
 def test_seam_meter_classifies_pairs():
     wins = F.plan_windows(20, 8, 2)
-    meter = F.SeamMeter(wins)
+    meter = F.SeamMeter(wins, 2)
     holes = np.ones((2, 2), bool)
+    seams = (6, 7, 8, 12, 13, 14)
     prev = np.zeros((2, 2, 3), np.uint8)
     for t in range(1, 20):
-        cur = np.full((2, 2, 3), 10 if t in (6, 8, 12, 14) else 0, np.uint8)
+        cur = np.full((2, 2, 3), 10 if t in seams else 0, np.uint8)
         meter.add(t, prev, holes, cur, holes)
-        prev = np.zeros_like(cur) if t in (6, 8, 12, 14) else cur
+        prev = np.zeros_like(cur) if t in seams else cur
     s = meter.summary()
-    # windows [0, 8), [6, 14), [12, 20): the covering set changes at t = 6, 8, 12, 14
-    assert s["seam_pairs"] == 4 and s["inside_pairs"] == 15
+    # windows [0, 8), [6, 14), [12, 20), overlap 2: the blend weights change from t - 1 to
+    # t at t = 6, 7, 8 (into, across, out of the overlap) and 12, 13, 14
+    assert s["seam_pairs"] == 6 and s["inside_pairs"] == 13
     np.testing.assert_allclose(s["hole_change_at_seams"], 10 / 255)
     assert s["hole_change_inside_windows"] == 0.0
     state = meter.state()
-    other = F.SeamMeter(wins)
+    other = F.SeamMeter(wins, 2)
     other.load(state)
     assert other.summary() == s
 

@@ -281,11 +281,11 @@ class DepthStitcher:
 class SeamMeter:
     """The frame-to-frame change of the right view on hole pixels: mean |right_t -
     right_{t-1}| over pixels that are holes in both frames, pooled separately over frame
-    pairs where the set of windows changes (a window starts or ends: the seams) and over
-    pairs inside windows."""
+    pairs where the windows' blend weights change (the seams: every pair that enters,
+    crosses or leaves an overlap) and over pairs inside one window."""
 
-    def __init__(self, windows):
-        self.windows = tuple(windows)
+    def __init__(self, windows, overlap: int):
+        self.windows, self.overlap = tuple(windows), int(overlap)
         self.sums = {"seam": 0.0, "inside": 0.0}
         self.counts = {"seam": 0, "inside": 0}
         self.pairs = {"seam": 0, "inside": 0}
@@ -295,7 +295,9 @@ class SeamMeter:
         n = int(both.sum())
         if t == 0 or n == 0:
             return
-        kind = "seam" if covering(self.windows, t) != covering(self.windows, t - 1) else "inside"
+        same = (frame_weights(self.windows, self.overlap, t)
+                == frame_weights(self.windows, self.overlap, t - 1))
+        kind = "inside" if same else "seam"
         diff = np.abs(np.asarray(right, np.float32) - np.asarray(prev_right, np.float32))
         self.sums[kind] += float(diff[both].sum()) / 255.0
         self.counts[kind] += n * diff.shape[-1]

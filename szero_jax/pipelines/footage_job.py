@@ -481,7 +481,7 @@ class _Assembler:
         seg = job.footage.segment_frames
         t_total = job.source.frames
         self.segments = [(a, min(a + seg, t_total)) for a in range(0, t_total, seg)]
-        self.seams = F.SeamMeter(plan.windows)
+        self.seams = F.SeamMeter(plan.windows, plan.overlap)
         self.stats = {"lrc": 0.0, "ctrl": 0.0, "holes": 0.0, "frames": 0, "d_min": np.inf,
                       "d_max": -np.inf, "d_sum": 0.0}
         self.done = committed_segments(work)
