@@ -88,12 +88,15 @@ def stereo_layout(left, right, layout: str):
     return fn(left, right, half=layout.startswith("half"))
 
 
-def write_stereo(path, left, right, layout: str = "sbs", fps: float = 8.0) -> Path:
-    """Write a stereo video ([T, H, W, 3] pair, path .mp4/...) or image ([H, W, 3], .png/.jpg)
-    in the given layout."""
+def write_stereo(path, left, right, layout: str = "sbs", fps: float = 8.0,
+                 config=None) -> Path:
+    """Write a stereo video ([T, H, W, 3] pair, path .mp4 / .mkv / ...) or image ([H, W, 3],
+    .png / .jpg) in the given layout; videos carry the layout's stereo tags (Matroska
+    StereoMode, mp4 st3d, H.264 frame-packing SEI; ``io.stereo_metadata``). ``config``: an
+    ``io.EncodeConfig`` (default H.264 CRF 18 at ``fps``)."""
     frame = stereo_layout(left, right, layout)
     if frame.ndim == 4:
-        return write_video(path, frame, fps=fps)
+        return write_video(path, frame, fps=fps, config=config, layout=layout)
     if frame.ndim == 3:
         return write_image(path, frame)
     raise ValueError(f"left and right must be [T, H, W, 3] or [H, W, 3], got {left.shape}")

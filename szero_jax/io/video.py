@@ -2,32 +2,46 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import imageio_ffmpeg
 import mediapy
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from szero_jax.io import encode, stereo_metadata
 from szero_jax.io.arrays import to_uint8
 from szero_jax.io.atomic import atomic_output
 
 mediapy.set_ffmpeg(imageio_ffmpeg.get_ffmpeg_exe())  # the pip-installed binary, no system ffmpeg
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".gif")
+CHUNK = 16   # frames per encoder write (bounds the extra memory of a write)
 
 
-def write_video(path, frames, fps: float = 8.0, crf: float = 18.0) -> Path:
-    """Write frames [T, H, W, C] (float in [0, 1] or uint8, C in 1/3) as an H.264 video.
+def write_video(path, frames, fps: float = 8.0, crf: float = 18.0, config=None,
+                layout: Optional[str] = None) -> Path:
+    """Write frames [T, H, W, C] (float in [0, 1] or uint8, C in 1/3) as a video.
 
-    fps default 8: StereoCrafter-Zero's save_fps. H and W must be even (yuv420p)."""
+    .mp4 / .mkv go through ``io.encode.VideoWriter`` with ``config`` (an ``EncodeConfig``;
+    default H.264 CRF ``crf`` yuv420p at ``fps``; StereoCrafter-Zero's save_fps is 8) and
+    the stereo tags of ``layout`` (frames already packed that way; None: a single view).
+    .mov / .gif / .webm are written by mediapy (H.264 / GIF). H and W must be even."""
     frames = to_uint8(frames, "frames", 4)
     if frames.shape[1] % 2 or frames.shape[2] % 2:
         raise ValueError(f"frames height and width must be even for H.264, got "
                          f"{frames.shape[1]}x{frames.shape[2]}")
     if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
-    if Path(path).suffix.lower() not in VIDEO_SUFFIXES:
+    suffix = Path(path).suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
         raise ValueError(f"path must end in one of {VIDEO_SUFFIXES}, got {str(path)!r}")
+    if suffix in encode.CONTAINERS:
+        config = encode.EncodeConfig(fps=fps, crf=crf) if config is None else config
+        with encode.VideoWriter(path, config, layout=layout) as writer:
+            for start in range(0, frames.shape[0], CHUNK):
+                writer.write(frames[start:start + CHUNK])
+        return Path(path)
     if frames.shape[-1] == 1:
         frames = np.repeat(frames, 3, axis=-1)
     with atomic_output(path) as tmp:
@@ -35,6 +49,19 @@ def write_video(path, frames, fps: float = 8.0, crf: float = 18.0) -> Path:
         mediapy.write_video(tmp, frames, fps=fps, codec=codec,
                             **({"crf": crf} if codec == "h264" else {}))
     return Path(path)
+
+
+def _decode_workaround(path) -> list:
+    """FFmpeg 9.0.2's CLI fails on H.264 with both a frame-packing SEI and a container stereo
+    tag (see io.encode.EncodeConfig.frame_packing_sei): drop SEI NAL units before decoding
+    such files (SEI carry no pixels)."""
+    try:
+        video = stereo_metadata.probe(path)["video"] or {}
+    except ValueError:
+        return []        # not readable: the reader reports it
+    if video.get("codec") == "h264" and video.get("stereo3d_side_data"):
+        return ["-bsf:v", "filter_units=remove_types=6"]
+    return []
 
 
 def read_video(path) -> tuple[np.ndarray, float]:
@@ -46,7 +73,8 @@ def read_video(path) -> tuple[np.ndarray, float]:
     if not path.is_file():
         raise FileNotFoundError(f"video {str(path)!r} not found")
     try:
-        reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+        reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24",
+                                            input_params=_decode_workaround(path))
         meta = next(reader)
         width, height = meta["size"]
         frames = [np.frombuffer(f, np.uint8).reshape(height, width, 3) for f in reader]
