@@ -4,17 +4,23 @@
 
 Stages, in dependency order: vae -> clip (text + image encoders) -> video (DynamiCrafter
 UNet + Resampler, CLIP frozen) -> depth (DepthCrafter UNet; VAE and image encoder frozen)
--> eval (held-out metrics JSON and the sample grid). World clips (training seeds
-0..num_clips-1 only) are rendered once into a cache in --work_dir. Each stage's optax state
-is checkpointed with orbax in --work_dir/state_<stage>; --resume continues from it.
-Finished networks are written with `save_params` to --output_dir/<name>/.
+-> eval (held-out metrics JSON and the sample grid, experiments/eval_tiny.py). World clips
+(training seeds 0..num_clips-1 only) are rendered once into a cache in --work_dir. Each
+stage's optax state is checkpointed with orbax in --work_dir/state_<stage>; --resume
+continues from it. Finished networks are written with `save_params` to --output_dir/<name>/.
+Here the shared --steps counts training steps per stage run (default: DEFAULT_STEPS).
+
+Importable: ``train(TrainConfig(...))`` runs the stages of a config; ``main`` only builds
+the config from the flags.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -23,36 +29,21 @@ import optax
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
 
+from experiments import common_flags as cf
+from experiments import eval_tiny
 from szero_jax import checkpoints, tiny, world
 from szero_jax.diffusion import SVD_SIGMA_MAX, SVD_SIGMA_MIN, dynamicrafter_schedule
+from szero_jax.geometry import minmax_signed
+from szero_jax.io.atomic import atomic_output
 from szero_jax.models.clip import CLIPTextEncoder, CLIPVisionEncoder, preprocess_image
 from szero_jax.models.resampler import Resampler
 from szero_jax.models.unet3d import UNet3D
 from szero_jax.models.unet_st import UNetSpatioTemporal
 from szero_jax.models.vae import AutoencoderKL
+from szero_jax.pipelines.conditioning import encode_latents, image_tokens, text_embedding
+from szero_jax.pipelines.config import check_int
 
 STAGES = ("vae", "clip", "video", "depth", "eval")
-FLAGS = flags.FLAGS
-flags.DEFINE_enum("stage", "all", STAGES + ("all",), "Stage to run ('all': every stage in order).")
-flags.DEFINE_integer("steps", None, "Training steps of each stage run (default: DEFAULT_STEPS).")
-flags.DEFINE_integer("batch_size", None, "Batch size (default: DEFAULT_BATCH per stage).")
-flags.DEFINE_integer("height", tiny.HEIGHT, "Clip height.")
-flags.DEFINE_integer("width", tiny.WIDTH, "Clip width.")
-flags.DEFINE_integer("frames", tiny.FRAMES, "Frames per training clip of the video/depth models.")
-flags.DEFINE_integer("num_clips", 400, "Training clips (seeds 0..num_clips-1), 2x frames each.")
-flags.DEFINE_integer("latent_clips", 200, "Clips the video and depth models train on.")
-flags.DEFINE_integer("num_eval", 16, "Held-out clips (seeds from HELDOUT_SEED_START) for eval.")
-flags.DEFINE_string("output_dir", str(checkpoints.TINY_DIR), "Where the trained networks go.")
-flags.DEFINE_string("work_dir", "/tmp/szero_tiny_work", "Clip cache and resumable train state.")
-flags.DEFINE_string("docs_dir", "docs", "Where eval writes tiny_samples.png.")
-flags.DEFINE_bool("resume", False, "Continue each stage from its saved train state.")
-flags.DEFINE_string("init_from", None, "Fine-tune: start the video/depth stages from the networks "
-                    "in this tiny-family directory (e.g. the shipped one, at a new resolution) "
-                    "instead of a fresh initialisation.")
-flags.DEFINE_integer("log_every", 25, "Log the mean loss every this many steps.")
-flags.DEFINE_integer("save_every", 200, "Checkpoint the train state every this many steps.")
-flags.DEFINE_integer("seed", 0, "Seed of initialisation, batches and noise.")
-
 DEFAULT_STEPS = {"vae": 1400, "clip": 150, "video": 1600, "depth": 600}  # the shipped totals (MODEL_CARD.md)
 DEFAULT_BATCH = {"vae": 16, "clip": 64, "video": 4, "depth": 4}
 LR = {"vae": 1e-3, "clip": 1e-3, "video": 1e-3, "depth": 1e-3}
@@ -69,6 +60,84 @@ P_MEAN, P_STD = 0.7, 1.6
 # the few-step Karras sampler's first steps are in the training range.
 SIGMA_UNIFORM_SHARE = 0.2
 DEPTH_UNCOND_PROB = 0.1  # both conditions zeroed: the unconditional half of DepthCrafter's CFG
+ENCODE_FRAMES = 64  # frames per VAE call when encoding the training clips (memory bound)
+F32 = jnp.float32
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run: which stages, how long, on which clips, where things go."""
+    stage: str = "all"                 # one of STAGES, or "all" (every stage in order)
+    steps: Optional[int] = None        # steps of each stage run; None: DEFAULT_STEPS
+    batch_size: Optional[int] = None   # None: DEFAULT_BATCH of the stage
+    height: int = tiny.HEIGHT          # clip size (the shipped family: tiny.HEIGHT x WIDTH)
+    width: int = tiny.WIDTH
+    frames: int = tiny.FRAMES          # frames per training clip of the video / depth models
+    num_clips: int = 400               # training clips (seeds 0..num_clips-1), 2x frames each
+    latent_clips: int = 200            # clips the video and depth models train on
+    num_eval: int = 16                 # held-out clips of the eval stage
+    output_dir: str = str(checkpoints.TINY_DIR)  # where the trained networks go
+    work_dir: str = "/tmp/szero_tiny_work"       # clip cache and resumable train state
+    docs_dir: str = "docs"             # where eval writes tiny_samples.png
+    resume: bool = False               # continue each stage from its saved train state
+    init_from: Optional[str] = None    # fine-tune video / depth from this tiny-family folder
+    log_every: int = 25                # log the mean loss every this many steps
+    save_every: int = 200              # checkpoint the train state every this many steps
+    seed: int = 0                      # initialisation, batches and noise
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return STAGES if self.stage == "all" else (self.stage,)
+
+    def steps_for(self, stage: str) -> int:
+        return DEFAULT_STEPS[stage] if self.steps is None else self.steps
+
+    def batch_for(self, stage: str) -> int:
+        return DEFAULT_BATCH[stage] if self.batch_size is None else self.batch_size
+
+    def validate(self) -> "TrainConfig":
+        owner = "TrainConfig"
+        if self.stage not in STAGES + ("all",):
+            raise ValueError(f"stage: expected one of {STAGES + ('all',)}, got {self.stage!r}")
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) is not None:
+                check_int(owner, name, getattr(self, name), 1)
+        for name in ("height", "width"):     # VAE crops; 4x VAE then the UNet's 2x level
+            if check_int(owner, name, getattr(self, name), VAE_CROP) % 8:
+                raise ValueError(f"{name}: expected a multiple of 8, got {getattr(self, name)}")
+        check_int(owner, "frames", self.frames, 1)
+        check_int(owner, "num_clips", self.num_clips, 1, world.HELDOUT_SEED_START)
+        check_int(owner, "latent_clips", self.latent_clips, 1, self.num_clips)
+        if "clip" in self.stages:            # contrastive batches draw distinct clips
+            check_int(owner, "batch_size", self.batch_for("clip"), 1, self.num_clips)
+        for name in ("num_eval", "log_every", "save_every"):
+            check_int(owner, name, getattr(self, name), 1)
+        check_int(owner, "seed", self.seed, 0)
+        for name in ("output_dir", "work_dir", "docs_dir"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name}: expected a folder name, got {getattr(self, name)!r}")
+        if self.init_from is not None and not Path(self.init_from).is_dir():
+            raise ValueError(f"init_from: expected a tiny-family folder, {self.init_from!r} "
+                             "is not one")
+        return self
+
+
+_T = TrainConfig()
+flags.DEFINE_enum("stage", _T.stage, STAGES + ("all",), "Stage to run ('all': every stage in order).")
+flags.DEFINE_integer("batch_size", _T.batch_size, "Batch size (default: DEFAULT_BATCH per stage).")
+flags.DEFINE_integer("num_clips", _T.num_clips, "Training clips (seeds 0..num_clips-1), 2x frames each.")
+flags.DEFINE_integer("latent_clips", _T.latent_clips, "Clips the video and depth models train on.")
+flags.DEFINE_integer("num_eval", _T.num_eval, "Held-out clips (seeds from HELDOUT_SEED_START) for eval.")
+flags.DEFINE_string("work_dir", _T.work_dir, "Clip cache and resumable train state.")
+flags.DEFINE_string("docs_dir", _T.docs_dir, "Where eval writes tiny_samples.png.")
+flags.DEFINE_bool("resume", _T.resume, "Continue each stage from its saved train state.")
+flags.DEFINE_string("init_from", _T.init_from, "Fine-tune: start the video/depth stages from the "
+                    "networks in this tiny-family directory (e.g. the shipped one, at a new "
+                    "resolution) instead of a fresh initialisation.")
+flags.DEFINE_integer("log_every", _T.log_every, "Log the mean loss every this many steps.")
+flags.DEFINE_integer("save_every", _T.save_every, "Checkpoint the train state every this many steps.")
+cf.declare(__name__, "steps", "seed", "output_dir", "height", "width", "frames")
+FLAGS = flags.FLAGS
 
 
 # ----------------------------------------------------------------------------- data
@@ -90,9 +159,8 @@ def clip_cache(work_dir: Path, n: int, h: int, w: int, frames: int) -> dict:
     data = dict(video=np.stack(video), disparity=np.stack(disp),
                 tokens=tiny.tokenizer()(captions))
     work_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **data)
-    tmp.rename(path)
+    with atomic_output(path) as tmp:
+        np.savez(tmp, **data)
     return data
 
 
@@ -102,9 +170,7 @@ def to_signed(video_u8):
 
 def normalise_disparity(disp):
     """Per-clip min-max to [-1, 1] over [..., T, H, W] (DepthCrafter's disparity target)."""
-    lo = disp.min(axis=(-3, -2, -1), keepdims=True)
-    hi = disp.max(axis=(-3, -2, -1), keepdims=True)
-    return 2.0 * (disp - lo) / np.maximum(hi - lo, 1e-6) - 1.0
+    return np.asarray(minmax_signed(disp, axes=(-3, -2, -1)))
 
 
 def gray3(x):
@@ -112,18 +178,21 @@ def gray3(x):
 
 
 # ----------------------------------------------------------------------------- training loop
-def train(stage: str, params, loss_fn, batch_fn, frozen, steps: int, work_dir: Path):
+def fit(config: TrainConfig, stage: str, params, loss_fn, batch_fn, frozen):
     """Generic loop: AdamW with warmup + cosine decay, grad clipping, orbax train state.
 
     ``loss_fn(params, frozen, batch, key) -> (loss, aux)``; ``batch_fn(rng) -> batch``.
+    Returns the trained params and the report written to ``work_dir/train_<stage>.json``.
     """
+    steps, work_dir = config.steps_for(stage), Path(config.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
     lr = optax.warmup_cosine_decay_schedule(0.0, LR[stage], min(100, steps // 10 + 1), steps,
                                             LR[stage] * 0.05)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr, weight_decay=1e-4))
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
     mngr = ocp.CheckpointManager((work_dir / f"state_{stage}").resolve(),
                                  options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
-    if FLAGS.resume and mngr.latest_step() is not None:
+    if config.resume and mngr.latest_step() is not None:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
         state = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(abstract))
         logging.info("[%s] resumed at step %d", stage, int(state["step"]))
@@ -140,44 +209,42 @@ def train(stage: str, params, loss_fn, batch_fn, frozen, steps: int, work_dir: P
     logging.info("[%s] %.2fM trainable params, steps %d..%d", stage, n_params / 1e6, start, steps)
     window, t0, history = [], time.time(), []
     for step in range(start, steps):
-        rng = np.random.default_rng([FLAGS.seed, STAGES.index(stage), step])
-        key = jax.random.fold_in(jax.random.PRNGKey(FLAGS.seed), step)
+        rng = np.random.default_rng([config.seed, STAGES.index(stage), step])
+        key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
         params, opt_state, loss, aux = step_fn(params, opt_state, frozen, batch_fn(rng), key)
         window.append(float(loss))
-        if (step + 1) % FLAGS.log_every == 0 or step + 1 == steps:
+        if (step + 1) % config.log_every == 0 or step + 1 == steps:
             rate = (step + 1 - start) / (time.time() - t0)
             extra = " ".join(f"{k} {float(v):.4f}" for k, v in aux.items())
             logging.info("[%s] step %d/%d loss %.5f %s | %.2f steps/s, eta %.0f s", stage, step + 1,
                          steps, np.mean(window), extra, rate, (steps - step - 1) / rate)
-            history.append((step + 1, float(np.mean(window))))
+            history.append([step + 1, float(np.mean(window))])
             window = []
-        if (step + 1) % FLAGS.save_every == 0 or step + 1 == steps:
+        if (step + 1) % config.save_every == 0 or step + 1 == steps:
             mngr.save(step + 1, args=ocp.args.StandardSave(
                 {"params": params, "opt_state": opt_state, "step": jnp.asarray(step + 1, jnp.int32)}))
     mngr.wait_until_finished()
     report = {"steps": steps, "wall_s": time.time() - t0, "resumed_at": start,
               "final_loss": history[-1][1] if history else None, "history": history}
-    (work_dir / f"train_{stage}.json").write_text(json.dumps(report, indent=1))
-    return params
+    with atomic_output(work_dir / f"train_{stage}.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1))
+    return params, report
 
 
-def out_path(name):
-    return Path(FLAGS.output_dir) / name
+def save(config: TrainConfig, name, params, net_config):
+    path = Path(config.output_dir) / name
+    checkpoints.save_params(path, params, net_config, tiny.FAMILIES[name], overwrite=True)
+    logging.info("saved %s", path)
 
 
-def save(name, params, config):
-    checkpoints.save_params(out_path(name), params, config, tiny.FAMILIES[name], overwrite=True)
-    logging.info("saved %s", out_path(name))
+def initial(config: TrainConfig, name):
+    """Fine-tuning start: ``name``'s params from the ``init_from`` tiny family."""
+    logging.info("starting %s from %s", name, Path(config.init_from) / name)
+    return checkpoints.load_params(Path(config.init_from) / name, tiny.FAMILIES[name])[0]
 
 
-def initial(name):
-    """Fine-tuning start: ``name``'s params from the ``--init_from`` tiny family."""
-    logging.info("starting %s from %s", name, Path(FLAGS.init_from) / name)
-    return checkpoints.load_params(Path(FLAGS.init_from) / name, tiny.FAMILIES[name])[0]
-
-
-def load(name):
-    return checkpoints.load_params(out_path(name), tiny.FAMILIES[name])
+def load(config: TrainConfig, name):
+    return checkpoints.load_params(Path(config.output_dir) / name, tiny.FAMILIES[name])
 
 
 # ----------------------------------------------------------------------------- VAE
@@ -192,9 +259,9 @@ def vae_loss(model):
     return loss_fn
 
 
-def stage_vae(data, work_dir):
+def stage_vae(config: TrainConfig, data):
     model, cfg = AutoencoderKL(tiny.VAE), tiny.VAE
-    bs = FLAGS.batch_size or DEFAULT_BATCH["vae"]
+    bs = config.batch_for("vae")
     video, disp = data["video"], data["disparity"]
     n, t, h, w = disp.shape
 
@@ -210,15 +277,16 @@ def stage_vae(data, work_dir):
                 out[k] = to_signed(video[sl])
         return out
 
-    params = jax.jit(model.init)(jax.random.PRNGKey(FLAGS.seed), jnp.zeros((1, VAE_CROP, VAE_CROP, 3)))
-    params = train("vae", params, vae_loss(model), batch_fn, None, steps_for("vae"), work_dir)
+    params = jax.jit(model.init)(jax.random.PRNGKey(config.seed), jnp.zeros((1, VAE_CROP, VAE_CROP, 3)))
+    params, report = fit(config, "vae", params, vae_loss(model), batch_fn, None)
     # scaling_factor = 1 / std of the training latents (how SD's 0.18215 was chosen).
     enc = jax.jit(lambda p, x: model.apply(p, x, method="encode")[0])
     sample = to_signed(video[:64:4].reshape(-1, h, w, 3))
     z = np.concatenate([np.asarray(enc(params, sample[k:k + 32])) for k in range(0, len(sample), 32)])
     cfg = dataclasses.replace(cfg, scaling_factor=float(1.0 / z.std()))
     logging.info("VAE latent std %.4f -> scaling_factor %.4f", z.std(), cfg.scaling_factor)
-    save("vae", params, cfg)
+    save(config, "vae", params, cfg)
+    return report
 
 
 # ----------------------------------------------------------------------------- CLIP
@@ -227,12 +295,12 @@ def clip_image_input(frames):
     return preprocess_image(frames, size=tiny.CLIP_IMAGE_SIZE)
 
 
-def stage_clip(data, work_dir):
+def stage_clip(config: TrainConfig, data):
     text_m, vis_m = CLIPTextEncoder(tiny.TEXT), CLIPVisionEncoder(tiny.VISION)
-    bs = FLAGS.batch_size or DEFAULT_BATCH["clip"]
+    bs = config.batch_for("clip")
     video, tokens = data["video"], data["tokens"]
     n, t = video.shape[:2]
-    k1, k2 = jax.random.split(jax.random.PRNGKey(FLAGS.seed + 1))
+    k1, k2 = jax.random.split(jax.random.PRNGKey(config.seed + 1))
     params = {"text": jax.jit(text_m.init)(k1, jnp.asarray(tokens[:1])),
               "vision": jax.jit(vis_m.init)(k2, jnp.zeros((1, tiny.CLIP_IMAGE_SIZE, tiny.CLIP_IMAGE_SIZE, 3))),
               "logit_scale": jnp.asarray(LOGIT_SCALE_INIT)}
@@ -252,31 +320,40 @@ def stage_clip(data, work_dir):
         acc = jnp.mean(jnp.argmax(logits, axis=1) == labels)
         return 0.5 * (ce(logits) + ce(logits.T)), {"acc": acc}
 
-    params = train("clip", params, loss_fn, batch_fn, None, steps_for("clip"), work_dir)
-    save("text_encoder", params["text"], tiny.TEXT)
-    save("image_encoder", params["vision"], tiny.VISION)
+    params, report = fit(config, "clip", params, loss_fn, batch_fn, None)
+    save(config, "text_encoder", params["text"], tiny.TEXT)
+    save(config, "image_encoder", params["vision"], tiny.VISION)
+    return report
 
 
 # ----------------------------------------------------------------------------- shared encoders
-def encode_frames(vae_params, vae_cfg, video_u8, chunk=64):
-    """Unscaled VAE posterior means of uint8 frames [..., H, W, 3] -> [..., h, w, 4]."""
-    model = AutoencoderKL(vae_cfg)
-    enc = jax.jit(lambda p, x: model.apply(p, x, method="encode")[0])
-    flat = video_u8.reshape((-1,) + video_u8.shape[-3:])
-    z = np.concatenate([np.asarray(enc(vae_params, to_signed(flat[k:k + chunk])))
-                        for k in range(0, len(flat), chunk)])
-    return z.reshape(video_u8.shape[:-3] + z.shape[1:])
+def encode_frames(vae_params, vae_cfg, video_u8):
+    """Unscaled VAE posterior means of uint8 clips [N, T, H, W, 3] -> [N, T, h, w, 4]: the
+    stages' encoder (``conditioning.encode_latents``), ENCODE_FRAMES frames per call."""
+    enc = jax.jit(functools.partial(encode_latents, vae_cfg, F32, scale=1.0))
+    per_call = max(1, ENCODE_FRAMES // video_u8.shape[1])
+    return np.concatenate([np.asarray(enc(vae_params["params"], to_signed(video_u8[k:k + per_call])))
+                           for k in range(0, len(video_u8), per_call)])
 
 
-def cached_latents(work_dir, name, fn):
+def cached_latents(config: TrainConfig, name, fn):
     """``fn()`` computed once per VAE checkpoint and kept in work_dir (the VAE is frozen)."""
-    path = work_dir / f"latents_{name}.npy"
-    if path.exists() and path.stat().st_mtime > (out_path("vae") / "config.json").stat().st_mtime:
+    path = Path(config.work_dir) / f"latents_{name}.npy"
+    vae_config = Path(config.output_dir) / "vae" / "config.json"
+    if path.exists() and path.stat().st_mtime > vae_config.stat().st_mtime:
         return np.load(path)
     logging.info("encoding %s with the VAE", name)
     z = fn()
-    np.save(path, z)
+    with atomic_output(path) as tmp:
+        np.save(tmp, z)
     return z
+
+
+def video_latents(config: TrainConfig, vae_params, vae_cfg, video_u8):
+    """Unscaled latents of the training clips, cached (shared by the video and depth stages)."""
+    h, w = video_u8.shape[2:4]
+    return cached_latents(config, f"video_{len(video_u8)}_{h}x{w}",
+                          lambda: encode_frames(vae_params, vae_cfg, video_u8))
 
 
 def encode_disparity(vae_params, vae_cfg, disp):
@@ -287,32 +364,33 @@ def encode_disparity(vae_params, vae_cfg, disp):
 
 def null_text(text_params):
     """Penultimate text tokens of the empty prompt (DynamiCrafter's unconditional context)."""
-    return CLIPTextEncoder(tiny.TEXT).apply(text_params, jnp.asarray(tiny.tokenizer()([""])))[1]
+    return text_embedding(tiny.TEXT, F32, text_params["params"],
+                          jnp.asarray(tiny.tokenizer()([""])))
 
 
 def video_context(params, frozen, tokens, image, text_drop=None, image_drop=None):
-    """77 penultimate text tokens + Resampler(CLIP image tokens) (16 per frame)."""
-    text = CLIPTextEncoder(tiny.TEXT).apply(frozen["text"], tokens)[1]
+    """The training side of ``stages.context`` (same embeddings: penultimate text tokens +
+    Resampler(CLIP image tokens), 16 per frame), on token batches, with DynamiCrafter's
+    condition dropping; gradients reach the Resampler only."""
+    text = text_embedding(tiny.TEXT, F32, frozen["text"]["params"], tokens)
     if text_drop is not None:
         text = jnp.where(text_drop[:, None, None], frozen["null_text"], text)
         image = jnp.where(image_drop[:, None, None, None], 0.0, image)
-    img_tok = CLIPVisionEncoder(tiny.VISION).apply(frozen["vision"], clip_image_input(image))[0]
-    img_tok = Resampler(tiny.RESAMPLER).apply(params["resampler"], img_tok)
+    img_tok = image_tokens(tiny.VISION, tiny.RESAMPLER, F32, frozen["vision"]["params"],
+                           params["resampler"]["params"], image)
     return jax.lax.stop_gradient(text), img_tok
 
 
 # ----------------------------------------------------------------------------- video
-def stage_video(data, work_dir):
-    vae_params, vae_cfg = load("vae")
-    text_params, _ = load("text_encoder")
-    vis_params, _ = load("image_encoder")
+def stage_video(config: TrainConfig, data):
+    vae_params, vae_cfg = load(config, "vae")
+    text_params, _ = load(config, "text_encoder")
+    vis_params, _ = load(config, "image_encoder")
     unet = UNet3D(tiny.VIDEO_UNET)
-    bs = FLAGS.batch_size or DEFAULT_BATCH["video"]
-    frames = FLAGS.frames
-    video, tokens = data["video"][:FLAGS.latent_clips], data["tokens"][:FLAGS.latent_clips]
+    bs, frames = config.batch_for("video"), config.frames
+    video, tokens = data["video"][:config.latent_clips], data["tokens"][:config.latent_clips]
     n, tt, h, w = video.shape[:4]
-    latents = cached_latents(work_dir, f"video_{len(video)}_{h}x{w}", lambda: encode_frames(vae_params, vae_cfg, video))
-    latents = latents * vae_cfg.scaling_factor  # [N, 2T, h, w, 4]
+    latents = video_latents(config, vae_params, vae_cfg, video) * vae_cfg.scaling_factor
     ab = jnp.asarray(dynamicrafter_schedule().alphas_cumprod, jnp.float32)
 
     def batch_fn(rng):
@@ -341,18 +419,19 @@ def stage_video(data, work_dir):
         return jnp.mean((out - v) ** 2), {}
 
     frozen = {"text": text_params, "vision": vis_params, "null_text": null_text(text_params)}
-    if FLAGS.init_from:
-        params = {"resampler": initial("resampler"), "unet": initial("video_unet")}
+    if config.init_from:
+        params = {"resampler": initial(config, "resampler"), "unet": initial(config, "video_unet")}
     else:
-        k1, k2 = jax.random.split(jax.random.PRNGKey(FLAGS.seed + 2))
+        k1, k2 = jax.random.split(jax.random.PRNGKey(config.seed + 2))
         b0 = batch_fn(np.random.default_rng(0))
         params = {"resampler": jax.jit(Resampler(tiny.RESAMPLER).init)(k1, jnp.zeros((1, 65, tiny.WIDTH_EMBED)))}
         text, img = jax.jit(video_context)(params, frozen, b0["tokens"][:1], b0["image"][:1])
         params["unet"] = jax.jit(unet.init)(k2, jnp.zeros((1,) + b0["z"].shape[1:-1] + (8,)), jnp.zeros((1,)),
                                             jnp.concatenate([text, img], 1), jnp.ones((1,)))
-    params = train("video", params, loss_fn, batch_fn, frozen, steps_for("video"), work_dir)
-    save("resampler", params["resampler"], tiny.RESAMPLER)
-    save("video_unet", params["unet"], dataclasses.replace(tiny.VIDEO, scale_factor=vae_cfg.scaling_factor))
+    params, report = fit(config, "video", params, loss_fn, batch_fn, frozen)
+    save(config, "resampler", params["resampler"], tiny.RESAMPLER)
+    save(config, "video_unet", params["unet"], dataclasses.replace(tiny.VIDEO, scale_factor=vae_cfg.scaling_factor))
+    return report
 
 
 # ----------------------------------------------------------------------------- depth
@@ -375,18 +454,18 @@ def image_embeds(vis_params, video_u8):
     return e.reshape(video_u8.shape[:-3] + e.shape[1:])
 
 
-def stage_depth(data, work_dir):
-    vae_params, vae_cfg = load("vae")
-    vis_params, _ = load("image_encoder")
+def stage_depth(config: TrainConfig, data):
+    vae_params, vae_cfg = load(config, "vae")
+    vis_params, _ = load(config, "image_encoder")
     unet = UNetSpatioTemporal(tiny.DEPTH_UNET)
-    bs, frames = FLAGS.batch_size or DEFAULT_BATCH["depth"], FLAGS.frames
-    video, disp = data["video"][:FLAGS.latent_clips], data["disparity"][:FLAGS.latent_clips]
+    bs, frames = config.batch_for("depth"), config.frames
+    video, disp = data["video"][:config.latent_clips], data["disparity"][:config.latent_clips]
     n, tt, h, w = video.shape[:4]
     windows = tt // frames  # non-overlapping windows, each normalised on its own
     split = lambda a: a.reshape((n * windows, frames) + a.shape[2:])
     # DepthCrafter's video latents: posterior mode, unscaled (its 0.02 frame noise is omitted).
-    video_z = split(cached_latents(work_dir, f"video_{len(video)}_{h}x{w}", lambda: encode_frames(vae_params, vae_cfg, video)))
-    depth_z = cached_latents(work_dir, f"disparity_{frames}_{h}x{w}",
+    video_z = split(video_latents(config, vae_params, vae_cfg, video))
+    depth_z = cached_latents(config, f"disparity_{frames}_{h}x{w}",
                              lambda: encode_disparity(vae_params, vae_cfg, split(disp)))
     embeds = split(image_embeds(vis_params, video))
 
@@ -408,39 +487,50 @@ def stage_depth(data, work_dir):
         w = (sigma ** 2 + 1) / sigma ** 2  # EDM weight: plain MSE on the v target
         return jnp.mean(w * jnp.mean((pred - x0) ** 2, axis=(1, 2, 3, 4))), {}
 
-    if FLAGS.init_from:
-        params = initial("depth_unet")
+    if config.init_from:
+        params = initial(config, "depth_unet")
     else:
         b0 = batch_fn(np.random.default_rng(0))
-        params = jax.jit(unet.init)(jax.random.PRNGKey(FLAGS.seed + 3), jnp.zeros((1,) + b0["depth"].shape[1:-1] + (8,)),
+        params = jax.jit(unet.init)(jax.random.PRNGKey(config.seed + 3), jnp.zeros((1,) + b0["depth"].shape[1:-1] + (8,)),
                                     jnp.zeros((1,)), jnp.asarray(b0["embeds"][:1]))
-    params = train("depth", params, loss_fn, batch_fn, None, steps_for("depth"), work_dir)
-    save("depth_unet", params, tiny.DEPTH_UNET)
+    params, report = fit(config, "depth", params, loss_fn, batch_fn, None)
+    save(config, "depth_unet", params, tiny.DEPTH_UNET)
+    return report
 
 
-def steps_for(stage):
-    return FLAGS.steps if FLAGS.steps is not None else DEFAULT_STEPS[stage]
+# ----------------------------------------------------------------------------- run
+STAGE_FNS = {"vae": stage_vae, "clip": stage_clip, "video": stage_video, "depth": stage_depth}
+
+
+def train(config: TrainConfig) -> dict:
+    """Runs ``config``'s stages in order -> {stage: its report (eval: the metrics)}."""
+    config.validate()
+    Path(config.work_dir).mkdir(parents=True, exist_ok=True)
+    data, reports = None, {}
+    for stage in config.stages:
+        t0 = time.time()
+        if stage == "eval":
+            reports[stage] = eval_tiny.run(config.output_dir, config.num_eval, config.height,
+                                           config.width, config.frames, config.docs_dir)
+        else:
+            if data is None:
+                data = clip_cache(Path(config.work_dir), config.num_clips, config.height,
+                                  config.width, config.frames)
+            reports[stage] = STAGE_FNS[stage](config, data)
+        logging.info("stage %s done in %.0f s", stage, time.time() - t0)
+    return reports
+
+
+def config_from_flags() -> TrainConfig:
+    return TrainConfig(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(TrainConfig)})
 
 
 def main(argv):
-    del argv
-    work_dir = Path(FLAGS.work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    stages = STAGES if FLAGS.stage == "all" else (FLAGS.stage,)
-    data = None
-    for stage in stages:
-        t0 = time.time()
-        if stage == "eval":
-            from experiments import eval_tiny  # pylint: disable=import-outside-toplevel
-            eval_tiny.run(FLAGS.output_dir, FLAGS.num_eval, FLAGS.height, FLAGS.width,
-                          FLAGS.frames, FLAGS.docs_dir)
-        else:
-            if data is None:
-                data = clip_cache(work_dir, FLAGS.num_clips, FLAGS.height, FLAGS.width, FLAGS.frames)
-            {"vae": stage_vae, "clip": stage_clip, "video": stage_video,
-             "depth": stage_depth}[stage](data, work_dir)
-        logging.info("stage %s done in %.0f s", stage, time.time() - t0)
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    train(config_from_flags())
 
 
 if __name__ == "__main__":
+    cf.set_defaults(steps=_T.steps, output_dir=_T.output_dir)
     app.run(main)

@@ -1,16 +1,19 @@
-"""experiments/train_tiny.py end to end at a toy size: fine-tuning from the shipped family."""
+"""experiments/train_tiny.py: its config, training loop, data and conditioning (fast), and
+end to end at a toy size: fine-tuning from the shipped family (slow)."""
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from szero_jax import checkpoints, tiny
+from szero_jax import checkpoints, tiny, world
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,3 +44,136 @@ def test_depth_stage_fine_tunes_from_init_from(tmp_path):
     report = json.loads((tmp_path / "work" / "train_depth.json").read_text())
     assert report["steps"] == 2 and np.isfinite(report["final_loss"])
     assert (tmp_path / "work" / "clips_4_32x32x16.npz").is_file()
+
+
+# ----------------------------------------------------------------------------- fast
+def test_config_validate_names_the_bad_field(tmp_path):
+    from experiments.train_tiny import TrainConfig
+    assert TrainConfig().validate() == TrainConfig()
+    bad = {"stage": "unet", "steps": 0, "batch_size": -1, "height": 20, "width": 100,
+           "frames": 0, "num_clips": 0, "latent_clips": 500, "num_eval": 0, "log_every": 0,
+           "save_every": 0, "seed": -1, "work_dir": "", "init_from": str(tmp_path / "nope")}
+    for field, value in bad.items():
+        with pytest.raises(ValueError, match=f"^{field}:"):
+            TrainConfig(**{field: value}).validate()
+    with pytest.raises(ValueError, match="^batch_size:"):     # distinct clips per CLIP batch
+        TrainConfig(stage="clip", num_clips=8, latent_clips=8, batch_size=9).validate()
+    TrainConfig(stage="depth", num_clips=8, latent_clips=8, batch_size=9).validate()
+    cfg = TrainConfig(stage="video", steps=None, batch_size=None)
+    assert cfg.stages == ("video",) and cfg.steps_for("video") == 1600
+    assert cfg.batch_for("video") == 4 and TrainConfig().stages[-1] == "eval"
+
+
+def test_fit_resumed_equals_uninterrupted(tmp_path):
+    """A run stopped after its step-2 checkpoint and resumed == the same run uninterrupted
+    (batches, keys and the schedule depend on the step alone; optimiser state restored)."""
+    from experiments.train_tiny import TrainConfig, fit
+
+    class Stop(Exception):
+        pass
+
+    def loss_fn(params, frozen, batch, key):
+        noise = 0.01 * jax.random.normal(key, batch.shape)
+        return jnp.mean((params["w"] - batch - noise) ** 2), {"w0": params["w"][0]}
+
+    calls = []
+
+    def batch_fn(rng, stop_at=None):
+        calls.append(1)
+        if len(calls) == stop_at:
+            raise Stop
+        return rng.standard_normal(4).astype(np.float32)
+
+    cfg = lambda work, resume: TrainConfig(stage="clip", steps=5, work_dir=str(work),
+                                           resume=resume, log_every=1, save_every=2)
+    init = {"w": jnp.zeros(4)}
+    straight, rep = fit(cfg(tmp_path / "a", False), "clip", init, loss_fn, batch_fn, None)
+    calls.clear()
+    with pytest.raises(Stop):                    # dies fetching step 4's batch
+        fit(cfg(tmp_path / "b", False), "clip", init, loss_fn,
+            lambda rng: batch_fn(rng, stop_at=4), None)
+    for _ in range(300):                         # the async step-2 save finalises
+        if (tmp_path / "b" / "state_clip" / "2").is_dir():
+            break
+        time.sleep(0.1)
+    resumed, rep_b = fit(cfg(tmp_path / "b", True), "clip", init, loss_fn, batch_fn, None)
+    np.testing.assert_array_equal(np.asarray(straight["w"]), np.asarray(resumed["w"]))
+    assert rep_b["resumed_at"] == 2 and rep_b["history"] == rep["history"][2:]
+    assert json.loads((tmp_path / "b" / "train_clip.json").read_text()) == rep_b
+    assert float(np.abs(np.asarray(straight["w"])).max()) > 0   # it did train
+
+
+def test_normalise_disparity_is_minmax_to_signed():
+    from experiments.train_tiny import normalise_disparity
+    d = np.random.default_rng(0).uniform(1, 9, (3, 4, 5, 6)).astype(np.float32)
+    lo, hi = d.min((1, 2, 3), keepdims=True), d.max((1, 2, 3), keepdims=True)
+    np.testing.assert_allclose(normalise_disparity(d), 2 * (d - lo) / (hi - lo) - 1, atol=2e-7)
+    assert normalise_disparity(np.full((2, 3, 3), 4.0, np.float32)).max() == -1.0  # flat: no 0/0
+
+
+def test_training_context_is_the_stages_context():
+    """The video stage's conditioning (token batches, with dropping) gives the tokens of
+    stages.context for the same prompt and first frame: conditional, and with both
+    conditions dropped the unconditional half ("" and a zero image)."""
+    from experiments.train_tiny import null_text, video_context
+    from szero_jax.pipelines import stages
+    from szero_jax.pipelines.bundles import load_video_models
+    from szero_jax.pipelines.config import SamplingConfig
+    models = load_video_models()
+    scene = world.make_scene(world.HELDOUT_SEED_START + 1, 32, 48, 2)
+    image01 = jnp.asarray(scene.left[:1])
+    latent = jnp.zeros((1, 1, 8, 12, 4))
+    ctx = stages.context(models, scene.caption, image01, latent,
+                         stages.resolve(models, SamplingConfig()))
+    wrap = lambda net: {"params": net.params}
+    text_params = wrap(models.text_encoder)
+    frozen = {"text": text_params, "vision": wrap(models.image_encoder),
+              "null_text": null_text(text_params)}
+    params = {"resampler": wrap(models.resampler)}
+    tokens = jnp.asarray(tiny.tokenizer()([scene.caption]))
+    signed = image01 * 2 - 1
+    for drop, want in ((False, ctx.cond["text"]), (True, ctx.uncond["text"])):
+        flag = jnp.array([drop])
+        text, img = video_context(params, frozen, tokens, signed, flag, flag)
+        np.testing.assert_allclose(np.asarray(jnp.concatenate([text, img], 1)),
+                                   np.asarray(want), atol=1e-5)
+
+
+def test_encode_frames_matches_the_vae():
+    """Training latents = the VAE's posterior mean of each frame (in chunks of clips)."""
+    from experiments.train_tiny import ENCODE_FRAMES, encode_frames, to_signed
+    from szero_jax.models.vae import AutoencoderKL
+    params, cfg = tiny.load_tiny_family(["vae"])["vae"]
+    video = np.stack([np.round(world.make_scene(s, 32, 32, ENCODE_FRAMES // 2 + 4).left * 255)
+                      .astype(np.uint8) for s in range(2)])       # 2 calls: chunking covered
+    z = encode_frames(params, cfg, video)
+    flat = to_signed(video.reshape(-1, 32, 32, 3))
+    want = np.asarray(AutoencoderKL(cfg).apply(params, flat, method="encode")[0])
+    assert z.shape == (2, ENCODE_FRAMES // 2 + 4, 8, 8, 4)
+    np.testing.assert_allclose(z.reshape(want.shape), want, atol=2e-5)
+
+
+def test_help_lists_shared_and_own_flags():
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "experiments.train_tiny", "--help"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    text = proc.stdout + proc.stderr
+    assert "Traceback" not in text, text[-3000:]
+    for name in ("steps", "seed", "output_dir", "height", "width", "frames", "stage",
+                 "batch_size", "work_dir", "init_from"):
+        assert f"--{name}:" in text or f"--[no]{name}:" in text, name
+    assert str(checkpoints.TINY_DIR) in text          # this launcher's --output_dir default
+
+
+def test_config_from_flags():
+    from absl import flags
+    from experiments.train_tiny import TrainConfig, config_from_flags
+    fl = flags.FLAGS
+    fl.unparse_flags()
+    try:
+        fl(["train_tiny", "--stage=depth", "--steps=7", "--height=32", "--resume",
+            "--output_dir=/tmp/x"])
+        cfg = config_from_flags()
+    finally:
+        fl.unparse_flags()
+    assert cfg == TrainConfig(stage="depth", steps=7, height=32, resume=True, output_dir="/tmp/x")
