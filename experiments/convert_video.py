@@ -52,6 +52,15 @@ flags.DEFINE_bool("write_disparity", False, "Also write disparity.npy: the pixel
                   "used, float32 [T, H, W] at the source size")
 flags.DEFINE_integer("devices", None, "Local devices the stereo windows are batched over, one "
                      "window each (default None: all)")
+flags.DEFINE_bool("distributed", False, "Several hosts: call jax.distributed.initialize first "
+                  "(each process converts its block of windows into the shared --output_dir, "
+                  "process 0 assembles); the three flags below default to auto-detection")
+flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of process 0 "
+                    "(default None: auto-detected, e.g. on Cloud TPU)")
+flags.DEFINE_integer("num_processes", None, "With --distributed: the number of processes "
+                     "(default None: auto-detected)")
+flags.DEFINE_integer("process_id", None, "With --distributed: this process's index (default "
+                     "None: auto-detected)")
 FLAGS = flags.FLAGS
 WORK = ".convert-work"
 NEUTRAL_PROMPT = "a video"          # --prompt absent: a caption that names no content
@@ -135,6 +144,10 @@ def _configs():
 
 def main(argv):
     del argv
+    if FLAGS.distributed:             # before any other JAX call
+        import jax  # pylint: disable=import-outside-toplevel
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                   FLAGS.process_id)
     cf.enable_compilation_cache(FLAGS.compilation_cache_dir)
     from szero_jax.io import stream  # pylint: disable=import-outside-toplevel
     from szero_jax.pipelines import footage_job as J  # pylint: disable=import-outside-toplevel
@@ -159,6 +172,7 @@ def main(argv):
                                       devices=FLAGS.devices, resume=FLAGS.resume,
                                       progress=Progress())
             if summary is None:          # another host's process: process 0 writes
+                print(f"converted this process's windows of {src}")
                 continue
             summary["checkpoint"] = ("random (testing)" if FLAGS.random_weights_for_testing
                                      else cf.checkpoint_path(FLAGS.checkpoint) or "tiny family")

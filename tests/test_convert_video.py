@@ -247,3 +247,32 @@ def test_long_clip_true_disparity_and_depth_model(tmp_path):
         assert checks["audio_kept"] and checks["frames_in_out"] == [200, 200]
         summary = json.loads((out / "summary.json").read_text())
         assert summary["windows"]["stereo"] == 33
+
+
+@pytest.mark.slow
+def test_two_processes_split_windows_identical(tmp_path):
+    """jax.distributed with 2 local CPU processes (gloo): each converts its block of the
+    windows into the shared work folder, process 0 assembles; same files as one process."""
+    import socket
+    video, disparity, _ = clip(tmp_path, 30, audio=False)
+    args = ["--input", video, "--depth", disparity, "--depth_kind", "disparity_px",
+            "--blur_sigma", "0", "--lossless", *FAST]
+    run(*args, "--output_dir", tmp_path / "one")
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    common = [sys.executable, "-m", "experiments.convert_video", *map(str, args), "--output_dir",
+              str(tmp_path / "two"), "--distributed", "--coordinator_address",
+              f"localhost:{port}", "--num_processes", "2"]
+    other = subprocess.Popen([*common, "--process_id", "1"], cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.run([*common, "--process_id", "0"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=1200)
+    second = other.communicate(timeout=600)[0]
+    assert first.returncode == 0 and other.returncode == 0, first.stderr[-3000:] + second[-3000:]
+    assert "converted this process's windows" in second
+    for name in ("left.mkv", "right.mkv", "sbs.mkv"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["processes"] == 2
