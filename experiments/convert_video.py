@@ -80,8 +80,9 @@ class Progress:
             self.start[stage] = (now, done)
         t0, d0 = self.start[stage]
         rate = (done - d0) / max(now - t0, 1e-9)
-        left = (total - done) / rate if rate > 0 else float("nan")
-        line = f"[{stage}] frames {done}/{total}, {rate:.2f} fps, {left:.0f} s left"
+        line = f"[{stage}] frames {done}/{total}"
+        if done > d0:
+            line += f", {rate:.2f} fps, {(total - done) / rate:.0f} s left"
         print(("\r" + line) if self.tty else line, end="\n" if done >= total or not self.tty
               else "", flush=True)
 
