@@ -1,8 +1,10 @@
 """The public stages of a stereo video job on a ``VideoModels`` bundle.
 
 Each stage is one jitted program (params are arguments, configs static) behind a function
-that takes the bundle; the pipelines (``pipelines.video``), the benchmark, ``train_tiny``
-and ``eval_tiny`` are all built from these, so each step is written once:
+that takes the bundle; the pipelines (``pipelines.video``), the footage conversion, the
+benchmark and ``eval_tiny`` are built from these (``train_tiny`` trains the conditioning, so
+it uses the same ``pipelines.conditioning`` functions that ``context`` is made of), so each
+step is written once:
 
     keys = job_keys(seed)                                    # one derivation of keys
     z0 = encode(models, video01)                             # [1, T, h, w, c] x scale
