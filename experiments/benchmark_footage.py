@@ -122,12 +122,13 @@ def check_outputs(out: Path, video: Path, disparity: np.ndarray, ext: str = ".mk
             "duration_diff_frames": abs(src_info.duration_s - out_info.duration_s) * float(FPS)}
 
 
-def quality(folder: Path, steps: int) -> dict:
+def quality(folder: Path, steps: int, frames: int = 200, height: int = 160,
+            width: int = 256) -> dict:
     from experiments import baselines as B  # pylint: disable=import-outside-toplevel
-    video, disparity_file, scene = make_clip(folder, FLAGS.frames, FLAGS.height, FLAGS.width)
+    video, disparity_file, scene = make_clip(folder, frames, height, width)
     truth = scene.right
     gt = scene.disparity.astype(np.float32)
-    results = {"clip": {"frames": FLAGS.frames, "height": FLAGS.height, "width": FLAGS.width,
+    results = {"clip": {"frames": frames, "height": height, "width": width,
                         "seed": SCENE_SEED, "caption": scene.caption, "steps": steps}}
     runs = {"gt": ["--depth", disparity_file, "--depth_kind", "disparity_px", "--blur_sigma", "0"],
             "model": []}
@@ -163,24 +164,25 @@ def quality(folder: Path, steps: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- memory
-def memory(folder: Path) -> dict:
+def memory(folder: Path, short: int = 100, long: int = 400, height: int = 160,
+           width: int = 256) -> dict:
     out = {}
-    for frames in (FLAGS.memory_short, FLAGS.memory_long):
-        video, disparity, _ = make_clip(folder, frames, FLAGS.height, FLAGS.width, audio=False)
+    for frames in (short, long):
+        video, disparity, _ = make_clip(folder, frames, height, width, audio=False)
         args = ["--input", video, "--output_dir", folder / f"mem{frames}", "--depth", disparity,
                 "--depth_kind", "disparity_px", "--blur_sigma", "0", "--steps", "4", *FAST]
         start = time.perf_counter()
         _, peak = convert(args)
         out[frames] = {"peak_rss_mb": peak, "wall_s": time.perf_counter() - start}
         print(f"memory {frames} frames: peak RSS {peak:.0f} MB", flush=True)
-    lo, hi = out[FLAGS.memory_short]["peak_rss_mb"], out[FLAGS.memory_long]["peak_rss_mb"]
+    lo, hi = out[short]["peak_rss_mb"], out[long]["peak_rss_mb"]
     out["long_over_short"] = hi / lo
     return out
 
 
 # ----------------------------------------------------------------------------- devices
-def devices(folder: Path, frames: int = 40) -> dict:
-    video, disparity, _ = make_clip(folder, frames, FLAGS.height, FLAGS.width, audio=False)
+def devices(folder: Path, frames: int = 40, height: int = 160, width: int = 256) -> dict:
+    video, disparity, _ = make_clip(folder, frames, height, width, audio=False)
     outs = {}
     for n in (1, 2, 4):
         out = folder / f"dev{n}"
@@ -215,8 +217,8 @@ def kill_halfway(args, frames: int, env=None) -> str:
     return "".join(seen[-5:])
 
 
-def resume(folder: Path, frames: int = 150) -> dict:
-    video, disparity, _ = make_clip(folder, frames, FLAGS.height, FLAGS.width)
+def resume(folder: Path, frames: int = 150, height: int = 160, width: int = 256) -> dict:
+    video, disparity, _ = make_clip(folder, frames, height, width)
     base = ["--input", video, "--depth", disparity, "--depth_kind", "disparity_px",
             "--blur_sigma", "0", "--steps", "4", *FAST]
     convert([*base, "--output_dir", folder / "whole"])
@@ -249,11 +251,15 @@ def main(argv):
         folder = Path(FLAGS.footage_dir or tmp)
         for part in FLAGS.footage_parts:
             start = time.perf_counter()
+            size = dict(height=FLAGS.height, width=FLAGS.width)
             if part == "quality":
-                results[part] = quality(folder / part, FLAGS.steps)
+                results[part] = quality(folder / part, FLAGS.steps, FLAGS.frames, **size)
+            elif part == "memory":
+                results[part] = memory(folder / part, FLAGS.memory_short, FLAGS.memory_long,
+                                       **size)
             else:
-                results[part] = {"memory": memory, "devices": devices,
-                                 "resume": resume}[part](folder / part)
+                results[part] = {"devices": devices, "resume": resume}[part](folder / part,
+                                                                             **size)
             results[part]["part_wall_s"] = time.perf_counter() - start
     if FLAGS.output_json:
         Path(FLAGS.output_json).parent.mkdir(parents=True, exist_ok=True)

@@ -203,7 +203,6 @@ def test_convert_folder_lossless_true_disparity(tmp_path):
 @pytest.mark.slow
 def test_resume_after_sigkill_is_identical(tmp_path):
     from experiments import benchmark_footage as BF
-    BF.FLAGS(["benchmark_footage", "--height=160", "--width=256"])
     res = BF.resume(tmp_path, frames=150)
     assert res["segments_kept_after_kill"] >= 1 and res["windows_kept_after_kill"] >= 1
     assert res["final_files_after_kill"] == []
@@ -213,7 +212,6 @@ def test_resume_after_sigkill_is_identical(tmp_path):
 @pytest.mark.slow
 def test_one_two_four_devices_identical(tmp_path):
     from experiments import benchmark_footage as BF
-    BF.FLAGS(["benchmark_footage", "--height=160", "--width=256"])
     res = BF.devices(tmp_path, frames=40)
     assert all(res["right_frames_identical"].values())
     assert all(res["bytes_identical"].values())
@@ -222,9 +220,7 @@ def test_one_two_four_devices_identical(tmp_path):
 @pytest.mark.slow
 def test_memory_does_not_grow_with_length(tmp_path):
     from experiments import benchmark_footage as BF
-    BF.FLAGS(["benchmark_footage", "--height=160", "--width=256", "--memory_short=100",
-              "--memory_long=400"])
-    res = BF.memory(tmp_path)
+    res = BF.memory(tmp_path, 100, 400)
     assert res["long_over_short"] < 1.3, res
 
 
@@ -232,7 +228,6 @@ def test_memory_does_not_grow_with_length(tmp_path):
 def test_long_clip_true_disparity_and_depth_model(tmp_path):
     """The issue's 200-frame 160x256 world clip, composite, both depth sources (10 steps)."""
     from experiments import benchmark_footage as BF
-    BF.FLAGS(["benchmark_footage", "--height=160", "--width=256", "--frames=200"])
     video, disparity_file, scene = BF.make_clip(tmp_path, 200, 160, 256)
     for name, args in (("gt", ["--depth", disparity_file, "--depth_kind", "disparity_px",
                                "--blur_sigma", "0"]), ("model", [])):
