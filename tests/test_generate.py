@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from szero_jax import io
 from szero_jax.io import read_video, write_image
 from tests.helpers.tiny_models import FRAMES, SIZE, save_video_bundle, video_models
 
@@ -68,8 +69,9 @@ def test_generate_writes_videos_and_summary(tmp_path):
             "anaglyph": (SIZE, SIZE), "left": (SIZE, SIZE), "right": (SIZE, SIZE),
             "depth": (SIZE, SIZE)}
     for name, hw in wide.items():
-        assert f"wrote {out_dir / (name + '.mp4')}" in out.stdout
-        frames, fps = read_video(out_dir / f"{name}.mp4")
+        file = out_dir / ("depth.mp4" if name == "depth" else io.output_name(name, ".mp4"))
+        assert f"wrote {file}" in out.stdout
+        frames, fps = read_video(file)
         assert frames.shape == (FRAMES,) + hw + (3,) and fps == 8.0, name
     s = json.loads((out_dir / "summary.json").read_text())
     m = s["metrics"]
@@ -90,5 +92,6 @@ def test_generate_image_random_weights(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert s["random_weights_for_testing"] and s["metrics"]["hole_fraction"] >= 0.0
-    for name in ("left", "right", "sbs", "anaglyph", "tb", "disparity"):
-        assert (tmp_path / "o" / f"{name}.png").is_file()
+    for name in ("left.png", "right.png", "sbs_LRF_Full_SBS.png", "anaglyph_redcyan.png",
+                 "tb_TBF_fulltb.png", "disparity.png", "report.html"):
+        assert (tmp_path / "o" / name).is_file()

@@ -209,13 +209,13 @@ def test_generate_runs_on_tiny_default(tmp_path):
                                   [f"--output_dir={out}", "--format=all", "--seed=3"]) + "\n")
     proc = launch("generate", f"--flagfile={flagfile}", timeout=1500)
     files = sorted(os.listdir(out))
-    for name in ("left.mp4", "right.mp4", "sbs.mp4", "half-sbs.mp4", "tb.mp4", "anaglyph.mp4",
-                 "summary.json"):
+    from szero_jax import io
+    for name in ["left.mp4", "right.mp4", "summary.json", "report.html"] + [
+            io.output_name(layout, ".mp4") for layout in io.LAYOUTS]:      # VR-player names
         assert name in files and f"wrote {out / name}" in proc.stdout
     assert not [f for f in files if f.startswith(".")]          # no staging leftovers
-    from szero_jax import io
     left, fps = io.read_video(out / "left.mp4")
-    sbs, _ = io.read_video(out / "sbs.mp4")
+    sbs, _ = io.read_video(out / io.output_name("sbs", ".mp4"))
     assert fps == 8.0 and sbs.shape[2] == 2 * left.shape[2] and sbs.shape[:2] == left.shape[:2]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["sampling"]["steps"] == 2 and summary["settings"]["sampling"]["seed"] == 3
@@ -248,15 +248,15 @@ def test_generate_interrupted_while_writing_leaves_no_outputs(tmp_path, monkeypa
     monkeypatch.setattr(generate, "_models", lambda: bundle)
     monkeypatch.setattr(generate, "_input_image", lambda models: fake.left[0])
     calls = []
-    real = io.write_stereo
+    real = io.delivery.VideoWriter
 
-    def interrupted(*a, **k):
+    def interrupted(*a, **k):          # the encoder of each file the launcher writes
         calls.append(a[0])
         if len(calls) == 2:
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(io, "write_stereo", interrupted)
+    monkeypatch.setattr(io.delivery, "VideoWriter", interrupted)
     out = tmp_path / "gen"
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["generate", f"--output_dir={out}", "--prompt=a red disc", "--format=tb"])
@@ -264,9 +264,10 @@ def test_generate_interrupted_while_writing_leaves_no_outputs(tmp_path, monkeypa
         with pytest.raises(KeyboardInterrupt):
             generate.main(["generate"])
         assert len(calls) == 2 and os.listdir(out) == []
-        monkeypatch.setattr(io, "write_stereo", real)
+        monkeypatch.setattr(io.delivery, "VideoWriter", real)
         generate.main(["generate"])                  # the same run, not interrupted
-        assert {"left.mp4", "right.mp4", "tb.mp4", "summary.json"} <= set(os.listdir(out))
+        assert {"left.mp4", "right.mp4", "tb_TBF_fulltb.mp4", "summary.json",
+                "report.html"} <= set(os.listdir(out))
     finally:
         flags.FLAGS.unparse_flags()
 
@@ -310,10 +311,11 @@ def test_generate_image_runs_text_mode(tmp_path):
                   "--prompt=a red disc in front of a blue background",
                   f"--depth={tmp_path / 'depth.npy'}", f"--output_dir={out}", "--format=tb",
                   *GENERATE_SMALL["generate_image"], timeout=1500)
-    for name in ("left.png", "right.png", "sbs.png", "anaglyph.png", "tb.png", "summary.json"):
+    for name in ("left.png", "right.png", "sbs_LRF_Full_SBS.png", "anaglyph_redcyan.png",
+                 "tb_TBF_fulltb.png", "summary.json", "report.html"):
         assert f"wrote {out / name}" in proc.stdout and (out / name).is_file()
     from szero_jax import io
-    left, tb = io.read_image(out / "left.png"), io.read_image(out / "tb.png")
+    left, tb = io.read_image(out / "left.png"), io.read_image(out / "tb_TBF_fulltb.png")
     assert left.shape == (64, 64, 3) and tb.shape == (128, 64, 3)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["sampling"]["steps"] == 2 and 0.0 <= summary["metrics"]["hole_fraction"] < 1.0
