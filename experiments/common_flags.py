@@ -163,8 +163,12 @@ def stereo_config():
 def encode_config(fps, lossless: bool = False):
     """szero_jax.io.EncodeConfig from the encoding flags at frame rate ``fps``."""
     from szero_jax.io import EncodeConfig  # pylint: disable=import-outside-toplevel
-    return EncodeConfig(codec=FLAGS.codec, crf=FLAGS.crf, pix_fmt=FLAGS.pix_fmt, fps=fps,
-                        lossless=lossless, frame_packing_sei=FLAGS.frame_packing_sei).validate()
+    config = EncodeConfig(codec=FLAGS.codec, crf=FLAGS.crf, pix_fmt=FLAGS.pix_fmt, fps=fps,
+                          lossless=lossless, frame_packing_sei=FLAGS.frame_packing_sei)
+    try:
+        return config.validate()
+    except ValueError as err:   # its messages start with the field = the flag's name
+        raise ValueError(f"--{err}") from err
 
 
 def container_suffix() -> str:

@@ -228,8 +228,8 @@ def test_generate_runs_on_tiny_default(tmp_path):
 
 
 def test_generate_interrupted_while_writing_leaves_no_outputs(tmp_path, monkeypatch):
-    """generate's main with the pipeline stubbed (instant): a KeyboardInterrupt after left,
-    right and depth were written leaves the output folder empty."""
+    """generate's main with the pipeline stubbed (instant): a KeyboardInterrupt while the
+    second file is being encoded (left.mp4 already written) leaves the output folder empty."""
     _have_launcher("generate")
     from absl import flags
     from experiments import generate

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import subprocess
 import tempfile
@@ -58,13 +57,17 @@ MP4_AUDIO = ("aac", "mp3", "ac3", "eac3", "opus", "flac", "alac")
 
 
 def _fraction(value, name: str) -> Fraction:
+    """A frame rate as an exact fraction (floats: to 1/1001000, so 29.97 stays 2997/100)."""
+    message = f"{name}: expected a frame rate > 0 (a number or 'num/den'), got {value!r}"
+    if isinstance(value, bool):
+        raise ValueError(message)
     try:
-        frac = Fraction(value) if not isinstance(value, float) else Fraction(value).limit_denominator(1001000)
-    except (TypeError, ValueError, ZeroDivisionError) as err:
-        raise ValueError(f"{name}: expected a frame rate > 0 (number or 'num/den'), got "
-                         f"{value!r}") from err
-    if isinstance(value, float) and not math.isfinite(value) or frac <= 0:
-        raise ValueError(f"{name}: expected a frame rate > 0, got {value!r}")
+        frac = (Fraction(value).limit_denominator(1001000) if isinstance(value, float)
+                else Fraction(value))
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError) as err:
+        raise ValueError(message) from err
+    if frac <= 0:
+        raise ValueError(message)
     return frac
 
 
