@@ -207,16 +207,16 @@ def test_unwritable_output_folder(tmp_path, monkeypatch):
 def test_write_failing_midway_leaves_no_partial_file(tmp_path, monkeypatch):
     """The encoder writes half a file and dies (disk full): the error propagates and neither
     the target nor the temporary file remains."""
-    import mediapy
+    from szero_jax.io import encode
 
-    def dying_writer(path, frames, **kw):
-        Path(path).write_bytes(b"\x00" * 1000)
+    def dying_writer(args, out):        # FFmpeg writing the final file (io.encode.mux)
+        Path(out).write_bytes(b"\x00" * 1000)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(mediapy, "write_video", dying_writer)
+    monkeypatch.setattr(encode, "_run", dying_writer)
     with pytest.raises(OSError, match="No space left on device"):
         io.write_video(tmp_path / "v.mp4", np.zeros((2, 32, 32, 3), np.float32))
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == []           # nor the encoder's hidden .mkv
 
     from PIL import Image
 

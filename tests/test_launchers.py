@@ -61,7 +61,7 @@ def test_help_lists_flags_with_defaults(name):
 
 def test_common_flags_helpers(tmp_path):
     from experiments import common_flags as cf
-    assert cf.formats("all") == ("sbs", "half-sbs", "tb", "anaglyph")
+    assert cf.formats("all") == ("sbs", "half-sbs", "tb", "half-tb", "anaglyph", "anaglyph-dubois")
     assert cf.formats("tb") == ("tb",)
     with pytest.raises(ValueError, match="--format"):
         cf.formats("side")
