@@ -117,8 +117,8 @@ def test_chromium_check_catches_errors_and_blank_pages(tmp_path):
     left, right, disparity, holes, summary = synthetic(t=1)
     text = report.render_html(report.ReportFrames.sample(left, right, disparity, holes), summary)
     broken = text.replace('src="data:image/png;base64,', 'src="data:image/png;base64,AAAA', 1)
-    (tmp_path / "broken.html").write_text(broken.replace("</body>",
-                                                         "<script>noSuchFunction()</script></body>"))
+    broken = broken.replace("</body>", "<script>noSuchFunction()</script></body>")
+    (tmp_path / "broken.html").write_text(broken)
     _, console = render(tmp_path / "broken.html", tmp_path / "broken.png")
     assert any("noSuchFunction" in line for line in console), console
     assert any("report image failed" in line for line in console), console
