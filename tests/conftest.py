@@ -1,13 +1,10 @@
-"""Shared test fixtures: the path of ../shared/fixtures beside the checkout."""
-from pathlib import Path
-
+"""Shared test fixtures: the reference fixtures' folder ``tests/fixtures/`` (shipped in the repo)."""
 import pytest
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+from tests.helpers.fixtures import FIXTURES, fixture_dir
 
 
 @pytest.fixture
 def fixtures_dir():
-    if not FIXTURES.is_dir():
-        pytest.skip(f"reference fixtures not found at {FIXTURES}")
+    fixture_dir()           # fails (not skips) when the shipped fixtures are missing
     return FIXTURES

@@ -51,10 +51,10 @@ def test_crafter_zero_tiny_unet3d_same_on_1_and_4_devices():
 
 # ------------------------------------------------------------------------- subprocess side
 def _toy_make_denoiser(params, cond, uncond):
-    """A stereo CFG denoiser over the toy network of test_stereo_helpers (channel mix +
+    """A stereo CFG denoiser over the toy network of tests/helpers/toy_stereo.py (channel mix +
     real cross-view attention), conditioned by adding a per-prompt vector."""
     from szero_jax.stereo import stereo_cfg_denoiser
-    from tests.test_stereo_helpers import toy_denoiser
+    from tests.helpers.toy_stereo import toy_denoiser
 
     def model_fn(x, t, ctx, cross_view=None):
         shift = ctx["vec"].reshape((x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],))
@@ -93,7 +93,7 @@ def _main(case):
     from szero_jax.diffusion import make_ddim_plan, stable_diffusion_schedule
     from szero_jax.stereo import (StereoCrafterZeroConfig, StereoDiffusionConfig, build_events,
                                   build_stereodiffusion_events)
-    from tests.test_stereo_helpers import toy_params
+    from tests.helpers.toy_stereo import toy_params
 
     res = {"n_devices": jax.device_count()}
     meshes = {1: sharding.make_mesh(jax.devices()[:1]), 4: sharding.make_mesh()}

@@ -14,7 +14,7 @@ from szero_jax.stereo.crafter_zero import (StereoCrafterZeroConfig, build_events
                                           released_refine_schedule, schedule_buckets,
                                           restart_and_refine_evaluations,
                                           stereocrafter_zero_run, stereocrafter_zero_sample)
-from tests.test_stereo_helpers import count_eqns, toy_denoiser, toy_disparity, toy_params, toy_plan
+from tests.helpers.toy_stereo import count_eqns, toy_denoiser, toy_disparity, toy_params, toy_plan
 
 SHAPE = (1, 2, 4, 9, 4)          # B, T, H, W, C
 BASE = StereoCrafterZeroConfig(restart_steps=2, restart_rounds=3, warp_every=2,

@@ -10,7 +10,7 @@ from szero_jax.diffusion import ddim_sample, ddim_step, plan_at
 from szero_jax.geometry import forward_warp
 from szero_jax.stereo.stereodiffusion import (StereoDiffusionConfig,
                                               build_stereodiffusion_events, stereodiffusion_run)
-from tests.test_stereo_helpers import count_eqns, toy_denoiser, toy_params, toy_plan
+from tests.helpers.toy_stereo import count_eqns, toy_denoiser, toy_params, toy_plan
 
 SHAPE = (1, 4, 10, 4)    # B, H, W, C (image)
 BASE = StereoDiffusionConfig(shift_fraction=0.2, spsmd_every=3, deblur=True)

@@ -12,14 +12,12 @@ from convert.keymaps_dynamicrafter import lvdm_keymap
 from szero_jax.models.attention import cross_view_index
 from szero_jax.models.configs import DynamiCrafterUNetConfig
 from szero_jax.models.unet3d import SpatialTransformer, TemporalTransformer, UNet3D, _fold_context
+from tests.helpers.fixtures import fixture_dir
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    from tests.conftest import FIXTURES
-    d = FIXTURES / "dynamicrafter"
-    if not d.is_dir():
-        pytest.skip(f"reference fixtures not found at {d}")
+    d = fixture_dir("dynamicrafter")
     cfg = DynamiCrafterUNetConfig.from_torch_kwargs(json.loads((d / "unet_tiny_config.json").read_text()))
     io = dict(np.load(d / "unet_tiny_io.npz"))
     model = UNet3D(cfg)

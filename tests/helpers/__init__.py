@@ -1,0 +1,1 @@
+"""Support code for the tests (not collected: no module here is named ``test_*``)."""
