@@ -493,9 +493,11 @@ class Progress:
 
 
 def write_checkpoint(path: str | os.PathLike, jobs: Iterable[Job], config: Any, family: str,
-                     dtype, overwrite: bool = False) -> Path:
+                     dtype, overwrite: bool = False,
+                     extra: Optional[Callable[[Path], Any]] = None) -> Path:
     """Converts ``jobs`` (checked first, see `check_jobs`) into one checkpoint at ``path``,
-    tensor by tensor, network by network, with floats stored in ``dtype``."""
+    tensor by tensor, network by network, with floats stored in ``dtype``. ``extra(dir)``
+    adds files beside the params before the checkpoint appears (all or nothing)."""
     from szero_jax import checkpoints  # pylint: disable=import-outside-toplevel
     jobs, dtype = list(jobs), np.dtype(dtype)
     specs: dict[str, tuple] = {}
@@ -515,4 +517,6 @@ def write_checkpoint(path: str | os.PathLike, jobs: Iterable[Job], config: Any, 
                                              job.target, job.dropped, dtype):
                 progress.update(writer.write(p, arr))
             progress.close()
+        if extra is not None:
+            extra(writer.staging)
     return Path(path)

@@ -153,9 +153,8 @@ def run(checkpoint: str, output_dir: str, config: Optional[str] = None, parts=No
     state = common.load_state_dict(checkpoint)
     todo = jobs(state, cfg, parts)
     common.check_jobs(todo, ignored(parts))
-    common.write_checkpoint(out.resolve(), todo, cfg, FAMILY, np_dtype, overwrite)
-    if bpe is not None:
-        openclip.copy_bpe_vocab(bpe, out)
+    common.write_checkpoint(out.resolve(), todo, cfg, FAMILY, np_dtype, overwrite,
+                            extra=(lambda d: openclip.copy_bpe_vocab(bpe, d)) if bpe else None)
     return [out]
 
 

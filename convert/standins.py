@@ -207,27 +207,43 @@ def depthcrafter_folders(root: str | os.PathLike, seed: int = 0,
 
 
 def sd21_folder(root: str | os.PathLike, seed: int = 0) -> Path:
-    """``root/stable-diffusion-2-1/{unet, vae, text_encoder, tokenizer, scheduler}`` in float32;
-    the tokenizer is CLIP's BPE vocabulary (from open_clip's merges file) saved by
-    transformers with SD 2's pad token "!"."""
+    """``root/stable-diffusion-2-1/{unet, vae, text_encoder, tokenizer, scheduler}`` in float32
+    (the tokenizer: `clip_tokenizer_folder`)."""
     import torch  # pylint: disable=import-outside-toplevel
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel  # pylint: disable=import-outside-toplevel
     from transformers import CLIPTextConfig, CLIPTextModel  # pylint: disable=import-outside-toplevel
-    from convert.openclip import default_bpe_vocab  # pylint: disable=import-outside-toplevel
-    from szero_jax.models.tokenizer import CLIPBPETokenizer  # pylint: disable=import-outside-toplevel
     folder = Path(root) / "stable-diffusion-2-1"
     _save(lambda: UNet2DConditionModel(**SD21_UNET), folder / "unet", torch.float32, seed)
     _save(lambda: AutoencoderKL(**SD21_VAE), folder / "vae", torch.float32, seed + 1)
     _save(lambda: CLIPTextModel(CLIPTextConfig(**SD21_TEXT)), folder / "text_encoder",
           torch.float32, seed + 2)
     DDIMScheduler(**SD21_SCHEDULER).save_pretrained(folder / "scheduler")
-    bpe = default_bpe_vocab()
-    if bpe is None:
-        raise FileNotFoundError("open_clip is not installed: no BPE merges for the tokenizer "
-                                "(pip install --no-deps open_clip_torch)")
-    tok = CLIPBPETokenizer.from_openclip_vocab(bpe)._tok  # pylint: disable=protected-access
-    tok.pad_token = "!"  # stable-diffusion-2-1 tokenizer/special_tokens_map.json
-    tok.save_pretrained(str(folder / "tokenizer"))
+    clip_tokenizer_folder(folder / "tokenizer", pad_token="!")  # SD 2's pad token
+    return folder
+
+
+def clip_tokenizer_folder(folder: Path, pad_token: str) -> Path:
+    """A diffusers ``tokenizer/`` folder as the hub has it (``vocab.json``, ``merges.txt``,
+    ``special_tokens_map.json``, ``tokenizer_config.json``), CLIP's BPE vocabulary built from
+    open_clip's merges file."""
+    import gzip  # pylint: disable=import-outside-toplevel
+    from convert.openclip import find_bpe_vocab  # pylint: disable=import-outside-toplevel
+    from szero_jax.models.tokenizer import _bytes_to_unicode  # pylint: disable=import-outside-toplevel
+    with gzip.open(find_bpe_vocab(), "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    merges = lines[1:49152 - 256 - 2 + 1]  # OpenAI CLIP's tokenizer: the first 48894 merges
+    alphabet = list(_bytes_to_unicode().values())
+    words = alphabet + [a + "</w>" for a in alphabet] + ["".join(m.split()) for m in merges]
+    words += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({w: i for i, w in enumerate(words)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+               "unk_token": "<|endoftext|>", "pad_token": pad_token}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        dict(special, tokenizer_class="CLIPTokenizer", model_max_length=77,
+             do_lower_case=True)))
     return folder
 
 

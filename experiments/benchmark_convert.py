@@ -50,17 +50,29 @@ FLAGS = flags.FLAGS
 GB = 1e9
 
 
+# Runs argv[2:] and writes its wait4 rusage to argv[1]. Linux carries a process's peak RSS
+# across exec, and a child forked (or vforked) from a big process starts with the parent's
+# resident set, so the measured command is started from this small interpreter instead.
+_WRAPPER = """import json, os, subprocess, sys
+p = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(p.pid, 0)
+open(sys.argv[1], "w").write(json.dumps([usage.ru_maxrss, os.waitstatus_to_exitcode(status)]))
+sys.exit(0)"""
+
+
 def measure(cmd: list[str], log: Path) -> dict:
     """Runs ``cmd`` (a child, output to ``log``); its peak RSS from wait4, like time -v."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    usage_file = Path(f"{log}.rusage")
     start = time.perf_counter()
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    return {"rc": proc.returncode, "peak_rss_gb": peak / GB,
-            "wall_s": time.perf_counter() - start, "log": str(log)}
+        subprocess.run([sys.executable, "-S", "-c", _WRAPPER, str(usage_file), *cmd], cwd=ROOT,
+                       env=env, stdout=out, stderr=subprocess.STDOUT, check=True)
+    maxrss, rc = json.loads(usage_file.read_text())
+    usage_file.unlink()
+    peak = maxrss * (1 if sys.platform == "darwin" else 1024)
+    return {"rc": rc, "peak_rss_gb": peak / GB, "wall_s": time.perf_counter() - start,
+            "log": str(log)}
 
 
 def du(path: Path) -> int:

@@ -114,7 +114,8 @@ class ParamsWriter:
     ``specs``: ``{"a/b/c": (shape, dtype)}`` of every param, in file order. ``write(path,
     array)`` stores one param (any order); ``close()`` checks that every param was written,
     adds ``config.json`` and renames the directory into place. Used as a context manager,
-    an exception leaves nothing behind.
+    an exception leaves nothing behind. Files that belong with the params (a tokenizer) can
+    be put in ``staging``, the directory that becomes ``path``.
     """
 
     def __init__(self, path: str | os.PathLike, specs: Mapping[str, tuple[Iterable[int], Any]],
@@ -136,6 +137,7 @@ class ParamsWriter:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise
         self.total_bytes = self._file.total_bytes
+        self.staging = self._tmp
 
     def write(self, path: str, array) -> int:
         """Stores the param at ``path``; returns the bytes written."""

@@ -176,3 +176,26 @@ def test_reads_format_1_orbax_checkpoints(tmp_path):
     bf, _ = checkpoints.load_params(ck, dtype=jnp.bfloat16)
     assert bf["enc"]["kernel"].dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(bf["scale"], np.float32), [2.0, -1.0])
+
+
+def test_bundle_loaders_read_params_in_the_run_dtype(caplog):
+    """load_video_models casts while reading (the shipped tiny family, format 1) and logs the
+    params' bytes and the peak resident memory."""
+    import logging
+
+    import jax
+    from szero_jax.pipelines import load_video_models
+    with caplog.at_level(logging.INFO):
+        bf = load_video_models(None, "bfloat16")
+    nets = [bf.unet, bf.resampler, bf.vae, bf.text_encoder, bf.image_encoder, bf.depth.unet]
+    leaves = jax.tree.leaves([n.params for n in nets])
+    assert leaves and {str(a.dtype) for a in leaves} == {"bfloat16"}
+    assert bf.dtype == jnp.bfloat16
+    f32 = load_video_models(None)
+    assert {str(a.dtype) for a in jax.tree.leaves(f32.unet.params)} == {"float32"}
+    n_bytes = sum(checkpoints.param_bytes(n.params) for n in {id(n): n for n in nets}.values())
+    assert n_bytes * 2 == sum(checkpoints.param_bytes(n.params) for n in {id(n): n for n in (
+        f32.unet, f32.resampler, f32.vae, f32.text_encoder, f32.image_encoder,
+        f32.depth.unet)}.values())
+    assert any("GB of params as bfloat16; peak resident memory" in r.getMessage()
+               for r in caplog.records)

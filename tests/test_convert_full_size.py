@@ -73,30 +73,35 @@ def _spot_check(src: common.StateDict, out: tensorfile.TensorFile, table, dtype)
                                       err_msg=f"{key} -> {path}")
 
 
-def _accounted(jobs, out: tensorfile.TensorFile, ignored=()) -> dict:
-    """Every source key maps onto an output param or is knowingly ignored; the output holds
-    exactly the jobs' Flax params at their shapes. Returns the counts."""
+def _accounted(jobs, outs, ignored=()) -> dict:
+    """Every source key maps onto a param of its job's output (``outs``: one TensorFile per
+    job) or is knowingly ignored; each output holds exactly its job's Flax params, at their
+    shapes. Returns the counts."""
     states = {id(j.state): j.state for j in jobs}
     sources = sum(len(s) for s in states.values())
-    mapped, dropped = {}, 0
+    mapped, dropped = [{} for _ in jobs], 0
     for state in states.values():
         for key in state:
-            mine = [j for j in jobs if j.state is state and (j.select is None or j.select(key))]
-            if not mine or common._is_dropped(key, mine[0].dropped):  # pylint: disable=protected-access
+            mine = [i for i, j in enumerate(jobs) if j.state is state
+                    and (j.select is None or j.select(key))]
+            if not mine or common._is_dropped(key, jobs[mine[0]].dropped):  # pylint: disable=protected-access
                 assert mine or common._is_dropped(key, ignored), f"{key} is neither mapped nor ignored"  # pylint: disable=protected-access
                 dropped += 1
                 continue
-            found = mine[0].keymap(key)
+            found = jobs[mine[0]].keymap(key)
             assert found, f"{key} maps nowhere"
             for path, _ in [found] if isinstance(found, tuple) else found:
-                assert path not in mapped, f"{path} filled by {mapped[path]} and {key}"
-                mapped[path] = key
-    target = {}
-    for job in jobs:
-        target.update({p: shape for p, (shape, _) in common.target_specs(job.target, np.float32).items()})
-    assert set(mapped) == set(out) == set(target)
-    assert all(out.info[p]["shape"] == target[p] for p in target)
-    return {"sources": sources, "dropped": dropped, "params": len(target)}
+                assert path not in mapped[mine[0]], f"{path} filled twice (again by {key})"
+                mapped[mine[0]][path] = key
+    by_file = {}                                  # jobs may share one output file
+    for job, got, out in zip(jobs, mapped, outs):
+        _, filled, target = by_file.setdefault(id(out), (out, {}, {}))
+        filled.update(got)
+        target.update({p: s for p, (s, _) in common.target_specs(job.target, np.float32).items()})
+    for out, filled, target in by_file.values():
+        assert set(filled) == set(out) == set(target), out.path
+        assert all(out.info[p]["shape"] == target[p] for p in target), out.path
+    return {"sources": sources, "dropped": dropped, "params": sum(len(m) for m in mapped)}
 
 
 def _convert(name, source, scratch, dtype, bound_gb=None) -> Path:
@@ -202,7 +207,7 @@ def _check_components(components: dict, outs: dict, table: dict) -> None:
     for dtype, out in outs.items():
         for name, (job, _, _) in components.items():
             tf = tensorfile.TensorFile(out / name / checkpoints.PARAMS_FILE)
-            _accounted([job], tf)
+            _accounted([job], [tf])
         for name, rows in table.items():    # >= 20 per family, across its networks
             rows_src = components[name][0].state
             tf = tensorfile.TensorFile(out / name / checkpoints.PARAMS_FILE)
@@ -291,8 +296,7 @@ def test_openclip_vit_h14_converts_within_memory(scratch):
     jobs = conv.jobs(src, configs.get("openclip_vit_h14_text"), configs.get("openclip_vit_h14_vision"))
     for dtype, out in outs.items():
         files = {t: tensorfile.TensorFile(out / t / checkpoints.PARAMS_FILE) for t in ("text", "vision")}
-        for job in jobs:
-            _accounted([job], files[job.name])
+        _accounted(jobs, [files[job.name] for job in jobs])
         split = [(k, p.split("/", 1)[1], r, p.split("/", 1)[0]) for k, p, r in OPENCLIP]
         for tower in ("text", "vision"):
             rows = [(k, p, r) for k, p, r, t in split if t == tower]
@@ -379,7 +383,8 @@ def test_dynamicrafter_512_converts_within_memory_and_maps_every_key(dynamicraft
     for dtype, out in outs.items():
         tf = tensorfile.TensorFile(out / checkpoints.PARAMS_FILE)
         _spot_check(src, tf, DYNAMICRAFTER, np.float32 if dtype == "float32" else BF16)
-        counts = _accounted(dc.jobs(src, cfg), tf, dc.ignored(tuple(dc.PARTS)))
+        jobs = dc.jobs(src, cfg)
+        counts = _accounted(jobs, [tf] * len(jobs), dc.ignored(tuple(dc.PARTS)))
         assert counts["sources"] == 2507 + len(standins.SCHEDULE_BUFFERS)
         assert (out / "tokenizer" / "bpe_simple_vocab_16e6.txt.gz").is_file()
     size = {d: (out / checkpoints.PARAMS_FILE).stat().st_size for d, out in outs.items()}
