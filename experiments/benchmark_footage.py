@@ -1,7 +1,9 @@
 """Footage conversion on procedural-world clips with ground truth (results: BENCHMARK.md
 "Footage conversion"): ``experiments.convert_video`` run as a user would, in subprocesses.
 
-Parts (``--parts``, default all):
+Parts (``--footage_parts``, default all):
+* ``overlap``: the seam metric against the overlap (2, 3, 4 frames of 8) on one set of
+  windows, in process at the tiny family's frame size (what ``--overlap``'s default rests on).
 * ``quality``: a --frames clip (200 at 160x256 by default: twice the tiny family's frame,
   longer than any window) with an AAC audio track, converted losslessly with the true
   disparity (``--depth_kind disparity_px --blur_sigma 0``) and with the depth model, each
@@ -36,7 +38,7 @@ from absl import app, flags
 from experiments import common_flags as cf
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("quality", "memory", "devices", "resume")
+PARTS = ("overlap", "quality", "memory", "devices", "resume")
 SCENE_SEED = 1_000_003      # a held-out world scene (seeds >= HELDOUT_SEED_START)
 FPS = Fraction(24)
 
@@ -163,6 +165,66 @@ def quality(folder: Path, steps: int, frames: int = 200, height: int = 160,
     return results
 
 
+# ----------------------------------------------------------------------------- overlap
+def overlap(frames: int = 48, steps: int = 10, overlaps=(2, 3, 4)) -> dict:
+    """Seams against the overlap, in process at the tiny family's frame (80x128): the same
+    windows (one StereoCrafter-Zero conversion per window start) blended with each overlap,
+    composited with the true disparity; the hole change at seam pairs and inside pairs
+    (``footage.SeamMeter``), and the change a single window makes between its own
+    consecutive frames (first frame excluded: the image-conditioned one) as the reference."""
+    import jax  # pylint: disable=import-outside-toplevel
+    from szero_jax import pipelines, world  # pylint: disable=import-outside-toplevel
+    from szero_jax.pipelines import footage as F  # pylint: disable=import-outside-toplevel
+    from szero_jax.pipelines import stages as S  # pylint: disable=import-outside-toplevel
+    from szero_jax.pipelines.common import StageTimer  # pylint: disable=import-outside-toplevel
+    from szero_jax.pipelines.composite import composite_right  # pylint: disable=import-outside-toplevel
+    from szero_jax.pipelines.config import DepthConfig, SamplingConfig  # pylint: disable=import-outside-toplevel
+    from szero_jax.pipelines.footage_devices import WindowPrograms, window_mesh  # pylint: disable=import-outside-toplevel
+    from szero_jax.stereo import StereoCrafterZeroConfig  # pylint: disable=import-outside-toplevel
+    models = pipelines.load_video_models(None)
+    length = models.num_frames
+    h, w = (s * models.vae_factor for s in models.config.latent_size)
+    scene = world.make_scene(SCENE_SEED, h, w, frames)
+    sampling = S.resolve(models, SamplingConfig.inversion(steps=steps))
+    programs = WindowPrograms(models, window_mesh(1), "a background", sampling,
+                              StereoCrafterZeroConfig(), DepthConfig())
+    timer, keys, cache = StageTimer(), S.job_keys(0), {}
+
+    def window(start):
+        if start not in cache:
+            key = np.asarray(jax.random.fold_in(keys.sample, start))[None]
+            cache[start] = programs.stereo(scene.left[None, start:start + length],
+                                           scene.disparity[None, start:start + length], key,
+                                           timer)[0]
+        return cache[start]
+
+    holes = np.asarray(composite_right(scene.left, scene.disparity, scene.left).holes)
+    change = lambda a, b, m: float(np.abs(a.astype(np.float32) - b)[m].mean())
+    out = {"frames": frames, "size": [h, w], "steps": steps, "window": length}
+    for o in overlaps:
+        wins = F.plan_windows(frames, length, o)
+        fill = np.stack([sum(wt * window(wins[k].start)[t - wins[k].start]
+                             for k, wt in F.frame_weights(wins, o, t)) for t in range(frames)])
+        right = np.round(np.asarray(composite_right(scene.left, scene.disparity, fill).right)
+                         * 255.0)
+        meter = F.SeamMeter(wins, o)
+        for t in range(1, frames):
+            meter.add(t, right[t - 1], holes[t - 1], right[t], holes[t])
+        single = [change(window(win.start)[i], window(win.start)[i - 1],
+                         holes[win.start + i] & holes[win.start + i - 1])
+                  for win in wins for i in range(2, length)
+                  if win.start + i < frames and (holes[win.start + i] & holes[win.start + i - 1]).any()]
+        row = {**meter.summary(), "windows": len(wins),
+               "single_window_change": float(np.mean(single))}
+        row["seam_over_single_window"] = row["hole_change_at_seams"] / row["single_window_change"]
+        out[f"overlap_{o}"] = row
+        print(f"overlap {o}: {len(wins)} windows, seams {row['hole_change_at_seams']:.4f}, inside "
+              f"{row['hole_change_inside_windows']:.4f} (ratio {row['seam_over_inside']:.3f}), "
+              f"single window {row['single_window_change']:.4f} (seams / it "
+              f"{row['seam_over_single_window']:.3f})", flush=True)
+    return out
+
+
 # ----------------------------------------------------------------------------- memory
 def memory(folder: Path, short: int = 100, long: int = 400, height: int = 160,
            width: int = 256) -> dict:
@@ -252,7 +314,9 @@ def main(argv):
         for part in FLAGS.footage_parts:
             start = time.perf_counter()
             size = dict(height=FLAGS.height, width=FLAGS.width)
-            if part == "quality":
+            if part == "overlap":
+                results[part] = overlap()
+            elif part == "quality":
                 results[part] = quality(folder / part, FLAGS.steps, FLAGS.frames, **size)
             elif part == "memory":
                 results[part] = memory(folder / part, FLAGS.memory_short, FLAGS.memory_long,

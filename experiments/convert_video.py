@@ -42,8 +42,9 @@ flags.DEFINE_enum("right", "composite", ["composite", "latent"], "Right view: th
 flags.DEFINE_integer("window", None, "Frames per depth-model window (default None: the depth "
                      "UNet's clip length; DepthCrafter's released infer uses 110). Stereo windows "
                      "are the video model's clip length")
-flags.DEFINE_integer("overlap", None, "Frames shared by consecutive windows (default None: a "
-                     "quarter of the window, DepthCrafter's 25 of 110)")
+flags.DEFINE_integer("overlap", None, "Frames shared by consecutive windows (default None: "
+                     "half the window; fewer leave visible seams in the hole fills, see "
+                     "BENCHMARK.md)")
 flags.DEFINE_bool("lossless", False, "Write FFV1 in .mkv (frame-exact; the left output then "
                   "equals the input) instead of H.264 CRF 18 in .mp4")
 flags.DEFINE_bool("resume", False, "Continue an interrupted conversion from its work folder "

@@ -157,7 +157,7 @@ def test_launcher_bad_input_errors(tmp_path):
 
 # ----------------------------------------------------------------------------- end to end
 def test_convert_folder_lossless_true_disparity(tmp_path):
-    """A folder of two clips (14 frames with audio: 2 windows; 4 frames: shorter than a
+    """A folder of two clips (14 frames with audio: 3 windows; 4 frames: shorter than a
     window, padded and trimmed), the true disparity, lossless: the left output is the
     input, the right view is the forward warp of the input farther than 4 px from every
     hole, the audio is kept, summary.json lists files, timings, seams."""
@@ -186,7 +186,7 @@ def test_convert_folder_lossless_true_disparity(tmp_path):
         np.testing.assert_array_equal(right[far], np.round(warped * 255).astype(np.uint8)[far])
         assert read_all(out / "sbs.mkv").shape == (source.shape[0], 160, 512, 3)
         assert summary["frames"] == source.shape[0] and summary["fps"] == "24"
-        assert summary["windows"]["stereo"] == (2 if name == "long" else 1)
+        assert summary["windows"]["stereo"] == (3 if name == "long" else 1)   # overlap 4
         for stage in ("read", "encode", "invert", "stereo", "decode", "assemble", "mux"):
             assert summary["timings_s"][stage] > 0, stage
         assert abs(sum(summary["stage_share"].values()) - 1) < 1e-6
@@ -241,7 +241,7 @@ def test_long_clip_true_disparity_and_depth_model(tmp_path):
         assert checks["left_equals_input"] and checks["right_equals_warp_beyond_4px"]
         assert checks["audio_kept"] and checks["frames_in_out"] == [200, 200]
         summary = json.loads((out / "summary.json").read_text())
-        assert summary["windows"]["stereo"] == 33
+        assert summary["windows"]["stereo"] == 49        # 8-frame windows, overlap 4
 
 
 @pytest.mark.slow

@@ -25,14 +25,18 @@ def test_windows_cover_every_frame_once_blended(frames, length, overlap):
         assert all(0 < w <= 1 for _, w in weights)
 
 
-def test_blend_ramps_strictly_inside_the_overlap():
+def test_blend_ramps_skip_a_windows_first_frame():
     wins = F.plan_windows(20, 8, 2)            # starts 0, 6, 12
     assert [w.start for w in wins] == [0, 6, 12]
     assert F.frame_weights(wins, 2, 5) == [(0, 1.0)]
-    assert F.frame_weights(wins, 2, 6) == [(0, pytest.approx(2 / 3)), (1, pytest.approx(1 / 3))]
-    assert F.frame_weights(wins, 2, 7) == [(0, pytest.approx(1 / 3)), (1, pytest.approx(2 / 3))]
+    assert F.frame_weights(wins, 2, 6) == [(0, 1.0)]      # window 1's first frame: weight 0
+    assert F.frame_weights(wins, 2, 7) == [(0, 0.5), (1, 0.5)]
     assert F.frame_weights(wins, 2, 8) == [(1, 1.0)]
     assert F.frame_weights(wins, 2, 19) == [(2, 1.0)]       # no ramp at the video's end
+    wide = F.plan_windows(20, 8, 4)            # starts 0, 4, 8, 12: DepthCrafter's linspace
+    assert [F.frame_weights(wide, 4, t) for t in (4, 5, 6, 7, 8)] == [
+        [(0, 1.0)], [(0, 0.75), (1, 0.25)], [(0, 0.5), (1, 0.5)], [(0, 0.25), (1, 0.75)],
+        [(1, 1.0)]]
 
 
 def test_short_video_one_padded_window():
@@ -125,7 +129,7 @@ def test_seam_meter_classifies_pairs():
     wins = F.plan_windows(20, 8, 2)
     meter = F.SeamMeter(wins, 2)
     holes = np.ones((2, 2), bool)
-    seams = (6, 7, 8, 12, 13, 14)
+    seams = (7, 8, 13, 14)
     prev = np.zeros((2, 2, 3), np.uint8)
     for t in range(1, 20):
         cur = np.full((2, 2, 3), 10 if t in seams else 0, np.uint8)
@@ -133,8 +137,9 @@ def test_seam_meter_classifies_pairs():
         prev = np.zeros_like(cur) if t in seams else cur
     s = meter.summary()
     # windows [0, 8), [6, 14), [12, 20), overlap 2: the blend weights change from t - 1 to
-    # t at t = 6, 7, 8 (into, across, out of the overlap) and 12, 13, 14
-    assert s["seam_pairs"] == 6 and s["inside_pairs"] == 13
+    # t at t = 7, 8 (into and out of the overlap; a window's first frame has weight 0) and
+    # 13, 14
+    assert s["seam_pairs"] == 4 and s["inside_pairs"] == 15
     np.testing.assert_allclose(s["hole_change_at_seams"], 10 / 255)
     assert s["hole_change_inside_windows"] == 0.0
     state = meter.state()
@@ -153,4 +158,4 @@ def test_footage_config_validation():
         F.FootageConfig(depth_window=1).validate()
     with pytest.raises(ValueError, match="overlap: expected an overlap in \\[0, 7\\]"):
         F.FootageConfig(overlap=8).overlap_for(8)
-    assert F.FootageConfig().overlap_for(8) == 2 and F.FootageConfig().overlap_for(110) == 27
+    assert F.FootageConfig().overlap_for(8) == 4 and F.FootageConfig().overlap_for(110) == 55

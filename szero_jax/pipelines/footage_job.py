@@ -457,11 +457,11 @@ def _stitch(job: FootageJob, plan: _Plan, ddir: Path, timer: StageTimer) -> None
 
 
 # ----------------------------------------------------------------------------- assembly
-@functools.partial(jax.jit, static_argnames=("letterbox", "dilate", "feather", "latent"))
-def _assemble(left_u8, d_src, fill_model, letterbox, dilate, feather, latent):
+@functools.partial(jax.jit, static_argnames=("letterbox", "composite", "latent"))
+def _assemble(left_u8, d_src, fill_model, letterbox, composite: CompositeConfig, latent):
     left = left_u8.astype(jnp.float32) / 255.0
     fill = jnp.clip(letterbox.from_model(fill_model), 0.0, 1.0)
-    comp = composite_right(left, d_src, fill, CompositeConfig(dilate, feather))
+    comp = composite_right(left, d_src, fill, composite)
     right = fill if latent else comp.right
     right_u8 = jnp.round(jnp.clip(right, 0.0, 1.0) * 255.0).astype(jnp.uint8)
     lrc = metrics.left_right_consistency(left, right_u8.astype(jnp.float32) / 255.0, d_src)
@@ -563,7 +563,7 @@ class _Assembler:
                 fill = np.stack([self._fill(t) for t in range(s, e)])
                 right, holes, lrc, ctrl = self.timer.run(
                     "assemble", _assemble, _pad(left), _pad(d_src), _pad(fill), plan.letterbox,
-                    comp.dilate, comp.feather, job.footage.right == "latent")
+                    comp, job.footage.right == "latent")
                 right, holes = np.asarray(right)[:e - s], np.asarray(holes)[:e - s]
                 self._measure(s, right, holes, np.asarray(lrc)[:e - s],
                               np.asarray(ctrl)[:e - s], d_src)
