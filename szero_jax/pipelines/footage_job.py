@@ -625,8 +625,7 @@ class _Assembler:
 
 
 # ----------------------------------------------------------------------------- the job
-def _stereo_windows(models, job, plan, programs, disparity, work, timer, progress,
-                    assembler) -> None:
+def _stereo_windows(job, plan, programs, disparity, work, timer, progress, assembler) -> None:
     """Pass 2 (this process's block of windows, N per call), with pass 3 as they finish."""
     wdir, info, n = work / "stereo", job.source, programs.size
     keys = S.job_keys(plan.sampling.seed)
@@ -685,7 +684,7 @@ def convert_video(models: VideoModels, job: FootageJob, work_dir, out_dir, *,
     assembler = (_Assembler(job, plan, disparity, work, timer, progress)
                  if jax.process_index() == 0 else None)
     try:
-        _stereo_windows(models, job, plan, programs, disparity, work, timer, progress, assembler)
+        _stereo_windows(job, plan, programs, disparity, work, timer, progress, assembler)
     finally:
         if assembler is not None:
             assembler.close()
