@@ -271,3 +271,14 @@ def test_two_processes_split_windows_identical(tmp_path):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["processes"] == 2
+
+
+def test_grayscale_depth_video_is_read_exactly(tmp_path):
+    """A depth given as a grayscale video is decoded to its 8-bit values (memory-mapped
+    uint8 in the work folder)."""
+    gray = np.random.RandomState(0).randint(0, 256, (5, 16, 24), np.uint8)
+    video = write(tmp_path / "depth.mkv", np.repeat(gray[..., None], 3, axis=-1))
+    J._depth_video_to_npy(stream.probe_video(video), tmp_path / "depth.npy")
+    got = np.load(tmp_path / "depth.npy", mmap_mode="r")
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, gray)

@@ -341,7 +341,7 @@ class Disparity:
             rows, idx = self._rows(s, e)
             b = None if self.bounds is None else _pad(self.bounds[idx])
             if self.from_model:
-                norm = F.normalise(_pad(rows), b)
+                norm = F.normalise(_pad(rows).astype(np.float32), b)
                 px = _from_normalised(norm, lb, d.max_disparity, d.convergence, model_frame)
             else:
                 values = _values(_pad(rows), d.kind, float(d.blur_sigma))
@@ -363,7 +363,8 @@ def _given_values_check(raw, kind: str, name: str = "depth"):
 
 
 def _depth_video_to_npy(dinfo: VideoInfo, path: Path) -> None:
-    out = np.lib.format.open_memmap(path.with_suffix(".tmp.npy"), "w+", np.float32,
+    # uint8 as decoded (a float copy of a long 1080p video would not fit on a disk)
+    out = np.lib.format.open_memmap(path.with_suffix(".tmp.npy"), "w+", np.uint8,
                                     (dinfo.frames, dinfo.height, dinfo.width))
     with FrameReader(dinfo, gray=True) as reader:
         for chunk in reader.chunks(CHUNK):
@@ -435,7 +436,8 @@ def _stitch(job: FootageJob, plan: _Plan, ddir: Path, timer: StageTimer) -> None
     t_total = job.source.frames
     stitcher = F.DepthStitcher(plan.depth_windows, plan.depth_overlap, t_total, mask)
     rel_tmp = ddir / "rel.tmp.npy"
-    rel = np.lib.format.open_memmap(rel_tmp, "w+", np.float32, (t_total,) + plan.letterbox.model)
+    # float16: half the disk of float32 (relative disparity needs ~1e-3, it has 5e-4)
+    rel = np.lib.format.open_memmap(rel_tmp, "w+", np.float16, (t_total,) + plan.letterbox.model)
     bounds = np.zeros((t_total, 2))
     start = time.perf_counter()
     for w in plan.depth_windows:
