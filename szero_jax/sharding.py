@@ -9,8 +9,9 @@ with one row per prompt (initial noise, disparity, conditioning) are sharded ove
 only and replicated over ``views``; params and per-step arrays are replicated.
 
     mesh = make_mesh()                       # all devices: data x views (views = 2 if even)
-    out = stereocrafter_zero_sharded(mesh, make_denoiser, params, cond, uncond, x_T,
-                                     disparity, plan, key, events, "v_prediction")
+    out = stereocrafter_zero_sharded(mesh, make_denoiser, params, cond, uncond,
+                                     SamplerInputs(x_T, disparity, plan, key, events),
+                                     "v_prediction")
 
 The result does not depend on the mesh: the same program is partitioned (GSPMD) and
 ``jax.random`` draws the same numbers for any sharding. Multi-host (TPU pods): call
@@ -20,7 +21,7 @@ host's devices (see README "Multi-device and TPU pods").
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -133,7 +134,19 @@ def _stereodiffusion_program(mesh: Mesh, make_denoiser: Callable, prediction_typ
     return jax.jit(run, in_shardings=(rep, bat, bat, bat, bat, rep, rep, rep), out_shardings=out)
 
 
-def _sharded_call(program, mesh, params, cond, uncond, x_T, disparity, plan, key, events):
+class SamplerInputs(NamedTuple):
+    """What a sharded stereo sampler samples from, besides the network and its contexts."""
+    x_T: Any         # [B, ...] left initial noise, one row per prompt (split over data)
+    disparity: Any   # x_T's shape without channels, latent pixels (split over data)
+    plan: Any        # DDIMPlan (replicated)
+    key: Any         # PRNG key of all the sampler's randomness (replicated)
+    events: Any      # StereoEvents / StereoDiffusionEvents of the plan (replicated)
+
+
+def _sharded_call(program, mesh, params, cond, uncond, inputs: SamplerInputs):
+    if not isinstance(inputs, SamplerInputs):
+        raise ValueError(f"inputs: expected a SamplerInputs, got {type(inputs).__name__}")
+    x_T, disparity, plan, key, events = inputs
     check_batch(np.shape(x_T)[0], mesh, "x_T")
     for leaf in jax.tree.leaves((cond, uncond)):
         if np.shape(leaf)[0] != np.shape(x_T)[0]:
@@ -144,23 +157,24 @@ def _sharded_call(program, mesh, params, cond, uncond, x_T, disparity, plan, key
         return program(params, cond, uncond, x_T, disparity, plan, key, events)
 
 
-def stereocrafter_zero_sharded(mesh: Mesh, make_denoiser: Callable, params, cond, uncond, x_T,
-                               disparity, plan, key, events,
-                               prediction_type: str = "v_prediction"):
+def stereocrafter_zero_sharded(mesh: Mesh, make_denoiser: Callable, params, cond, uncond,
+                               inputs: SamplerInputs, prediction_type: str = "v_prediction"):
     """``stereo.stereocrafter_zero_run`` over a batch of prompts on ``mesh``.
 
     make_denoiser(params, cond, uncond) -> stereo denoiser (e.g. ``stereo_cfg_denoiser`` of a
     ``video_model_fn``); it must be hashable (a module-level function or a functools.partial
     of one), as it keys the compiled program. cond / uncond: pytrees with one row per prompt
-    (``[B, ...]``); x_T ``[B, T, h, w, c]``, disparity ``[B, T, h, w]``; B a multiple of
-    the data axis. Outputs ``StereoOutput`` with rows split over ``data``."""
+    (``[B, ...]``); inputs: ``SamplerInputs(x_T, disparity, plan, key, events)`` with x_T
+    ``[B, T, h, w, c]``, disparity ``[B, T, h, w]``, events from ``build_events``; B a
+    multiple of the data axis. Outputs ``StereoOutput`` with rows split over ``data``."""
     program = _crafter_zero_program(mesh, make_denoiser, prediction_type)
-    return _sharded_call(program, mesh, params, cond, uncond, x_T, disparity, plan, key, events)
+    return _sharded_call(program, mesh, params, cond, uncond, inputs)
 
 
-def stereodiffusion_sharded(mesh: Mesh, make_denoiser: Callable, params, cond, uncond, x_T,
-                            disparity, plan, key, events, prediction_type: str = "epsilon"):
+def stereodiffusion_sharded(mesh: Mesh, make_denoiser: Callable, params, cond, uncond,
+                            inputs: SamplerInputs, prediction_type: str = "epsilon"):
     """``stereo.stereodiffusion_run`` over a batch of prompts on ``mesh`` (as above, with
-    image latents ``[B, h, w, c]`` and disparity ``[B, h, w]``)."""
+    image latents ``[B, h, w, c]``, disparity ``[B, h, w]`` and events from
+    ``build_stereodiffusion_events``)."""
     program = _stereodiffusion_program(mesh, make_denoiser, prediction_type)
-    return _sharded_call(program, mesh, params, cond, uncond, x_T, disparity, plan, key, events)
+    return _sharded_call(program, mesh, params, cond, uncond, inputs)

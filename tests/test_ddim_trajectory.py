@@ -32,8 +32,8 @@ def test_tiny_trajectory_matches_lvdm(fixtures_dir):
                                         lvdm_keymap, shapes)}
     plan = diffusion.make_ddim_plan(
         diffusion.dynamicrafter_schedule(), 10, "uniform_trailing", eta=1.0,
-        guidance_scale=7.5, guidance_rescale=0.7, dynamic_rescale=True, base_scale=0.7,
-        turning_step=400)
+        guidance=diffusion.GuidanceScales(7.5, 0.7),
+        dynamic_rescale=diffusion.DynamicRescale(base_scale=0.7, turning_step=400))
     np.testing.assert_array_equal(np.asarray(plan.timesteps), tr["ddim_timesteps"][::-1])
     fs = jnp.asarray(tr["fs"])
 

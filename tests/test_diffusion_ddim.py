@@ -4,8 +4,9 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from szero_jax.diffusion import (NoiseSchedule, cfg_denoiser, ddim_invert, ddim_sample,
-                                 ddim_step, ddim_timesteps, dynamicrafter_schedule,
+from szero_jax.diffusion import (DynamicRescale, GuidanceScales, NoiseSchedule, cfg_denoiser,
+                                 ddim_invert, ddim_sample, ddim_step, ddim_timesteps,
+                                 dynamic_rescale_table, dynamicrafter_schedule,
                                  make_ddim_plan, plan_at)
 
 torch = pytest.importorskip("torch")
@@ -87,7 +88,7 @@ def test_ddim_sample_scan_matches_diffusers_loop():
 
 def _jaxpr_size(num_steps):
     plan = make_ddim_plan(dynamicrafter_schedule(), num_steps, "uniform_trailing", 1.0,
-                          guidance_scale=7.5, guidance_rescale=0.7, dynamic_rescale=True)
+                          guidance=GuidanceScales(7.5, 0.7), dynamic_rescale=DynamicRescale())
     denoise = cfg_denoiser(lambda x, t, c: jnp.tanh(x * c[:, None, None, None]),
                            jnp.ones((1,)), jnp.zeros((1,)))
     x_T = jnp.zeros((1, 8, 8, 4))
@@ -116,12 +117,30 @@ def test_lvdm_spacings():
 
 def test_dynamic_rescale_factors():
     plan = make_ddim_plan(dynamicrafter_schedule(), 10, "uniform_trailing", 1.0,
-                          dynamic_rescale=True)
+                          dynamic_rescale=DynamicRescale())
     # scale(t) = linspace(1, 0.7, 400)[t] below t = 400, 0.7 above: only the last steps move.
     ramp = np.linspace(1.0, 0.7, 400).astype(np.float32)
     expected = np.ones(10, np.float32)
     expected[6:9] = [ramp[299] / ramp[399], ramp[199] / ramp[299], ramp[99] / ramp[199]]
     np.testing.assert_allclose(np.asarray(plan.x0_rescale), expected, rtol=1e-6)
+
+
+def test_explicit_timesteps_and_options_give_the_same_plan():
+    """``spacing`` as an array is the string spacing's plan; ``DynamicRescale()`` is
+    ddpm3d.py's table; per-step guidance arrays pass through as given."""
+    sched = dynamicrafter_schedule()
+    ts = ddim_timesteps(10, "uniform_trailing")
+    scales = np.linspace(1.0, 7.5, 10).astype(np.float32)
+    a = make_ddim_plan(sched, 10, "uniform_trailing", 1.0,
+                       guidance=GuidanceScales(scales, 0.7), dynamic_rescale=DynamicRescale())
+    b = make_ddim_plan(sched, None, ts, 1.0, guidance=GuidanceScales(scales, 0.7),
+                       dynamic_rescale=DynamicRescale(0.7, 400))
+    for name in ("timesteps", "alpha_bar", "alpha_bar_prev", "sigma", "dir_coef",
+                 "guidance_scale", "guidance_rescale", "x0_rescale", "step"):
+        np.testing.assert_array_equal(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)))
+    np.testing.assert_array_equal(np.asarray(a.guidance_scale), scales)
+    np.testing.assert_array_equal(np.asarray(a.guidance_rescale), np.full(10, 0.7, np.float32))
+    np.testing.assert_array_equal(DynamicRescale().table(), dynamic_rescale_table(1000, 0.7, 400))
 
 
 def test_ddim_inversion_round_trip():
@@ -146,7 +165,7 @@ def test_plan_reproduces_lvdm_fixture_steps(fixtures_dir):
     dynamic rescale, uniform_trailing, alphas_cumprod[0] after the last step)."""
     f = np.load(fixtures_dir / "dynamicrafter" / "ddim_tiny_trajectory.npz")
     plan = make_ddim_plan(dynamicrafter_schedule(), 10, "uniform_trailing", 1.0,
-                          dynamic_rescale=True)
+                          dynamic_rescale=DynamicRescale())
     np.testing.assert_array_equal(np.asarray(plan.timesteps), f["ddim_timesteps"][::-1])
     for i in range(10):
         p = plan_at(plan, i)

@@ -4,7 +4,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from szero_jax.diffusion import (dissolve_index, euler_sample, euler_step,
+from szero_jax.diffusion import (KarrasSigmas, dissolve_index, euler_sample, euler_step,
                                  make_euler_plan, plan_at)
 
 torch = pytest.importorskip("torch")
@@ -26,7 +26,7 @@ def _svd_scheduler(sigma_min, sigma_max, num_steps):
 def test_euler_matches_diffusers(sigma_min, sigma_max):
     num_steps = 8
     sch = _svd_scheduler(sigma_min, sigma_max, num_steps)
-    plan = make_euler_plan(num_steps=num_steps, sigma_min=sigma_min, sigma_max=sigma_max)
+    plan = make_euler_plan(num_steps=num_steps, karras=KarrasSigmas(sigma_min, sigma_max))
     np.testing.assert_allclose(np.asarray(plan.sigma), sch.sigmas[:-1].numpy(), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(plan.timesteps), sch.timesteps.numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(plan.init_noise_sigma, float(sch.init_noise_sigma), rtol=1e-6)

@@ -4,7 +4,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from szero_jax.diffusion import (NoiseSchedule, ddim_invert_step, ddim_timesteps,
+from szero_jax.diffusion import (GuidanceScales, NoiseSchedule, ddim_invert_step, ddim_timesteps,
                                  dissolve_alpha_bar, dynamicrafter_schedule, guidance,
                                  make_betas, make_ddim_plan, make_euler_plan, plan_at,
                                  predict_x0_eps)
@@ -83,11 +83,16 @@ def test_dissolve_alpha_bar_in_ddim_and_euler_plans():
     (lambda: ddim_timesteps(0, "trailing"), "num_steps"),
     (lambda: ddim_timesteps(10, "middle"), "spacing"),
     (lambda: make_ddim_plan(dynamicrafter_schedule(), 10, "trailing", -1.0), "eta"),
-    (lambda: make_ddim_plan(dynamicrafter_schedule(), 10, "trailing", guidance_scale=[1.0, 2.0]),
-     "guidance_scale"),
-    (lambda: make_ddim_plan(dynamicrafter_schedule(), 10, "trailing", timesteps=[5, 9]), "timesteps"),
+    (lambda: make_ddim_plan(dynamicrafter_schedule(), 10, "trailing",
+                            guidance=GuidanceScales(scale=[1.0, 2.0])), "guidance.scale"),
+    (lambda: make_ddim_plan(dynamicrafter_schedule(), 10, "trailing", guidance=7.5), "guidance"),
+    (lambda: make_ddim_plan(dynamicrafter_schedule(), 10, "trailing", dynamic_rescale=True),
+     "dynamic_rescale"),
+    (lambda: make_ddim_plan(dynamicrafter_schedule(), None, [5, 9]), "spacing"),
+    (lambda: make_ddim_plan(dynamicrafter_schedule(), 3, [9, 5]), "num_steps"),
     (lambda: make_ddim_plan("linear", 10, "trailing"), "schedule"),
     (lambda: make_euler_plan(num_steps=10, spacing="uniform"), "spacing"),
+    (lambda: make_euler_plan(num_steps=10, karras=True), "karras"),
 ])
 def test_bad_arguments_raise(call, match):
     with pytest.raises(ValueError, match=match):

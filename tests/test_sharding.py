@@ -40,6 +40,7 @@ def test_crafter_zero_and_stereodiffusion_same_on_1_and_4_devices_toy_denoiser()
     # a batch that does not split over the data axis, and a bad views count, are refused
     assert "do not split over the mesh's 2 data devices" in res["odd_batch"]
     assert "views: expected 1 or 2" in res["bad_views"]
+    assert res["bad_inputs"] == "inputs: expected a SamplerInputs, got tuple"
 
 
 @pytest.mark.slow
@@ -110,10 +111,16 @@ def _main(case):
     if case == "toy":
         x = jnp.zeros((3, 2, 4, 8, 4))
         try:
-            sharding.stereocrafter_zero_sharded(meshes[4], _toy_make_denoiser, None, {}, {}, x,
-                                                x[..., 0], plan, key, cz_events)
+            sharding.stereocrafter_zero_sharded(
+                meshes[4], _toy_make_denoiser, None, {}, {},
+                sharding.SamplerInputs(x, x[..., 0], plan, key, cz_events))
         except ValueError as e:
             res["odd_batch"] = str(e)
+        try:                                # a bare tuple instead of SamplerInputs
+            sharding.stereocrafter_zero_sharded(meshes[4], _toy_make_denoiser, None, {}, {},
+                                                (x, x[..., 0], plan, key, cz_events))
+        except ValueError as e:
+            res["bad_inputs"] = str(e)
         try:
             sharding.make_mesh(views=3)
         except ValueError as e:
@@ -144,8 +151,8 @@ def _main(case):
     h, w = shape[-3], shape[-2]
     disp = jnp.ones(shape[:-1]).at[..., 1:h - 1, w // 3:2 * w // 3].set(2.0).at[1].multiply(0.5)
 
-    outs = {n: sharding.stereocrafter_zero_sharded(m, make, params, cond, uncond, x_T, disp, plan,
-                                                   key, cz_events)
+    cz_inputs = sharding.SamplerInputs(x_T, disp, plan, key, cz_events)
+    outs = {n: sharding.stereocrafter_zero_sharded(m, make, params, cond, uncond, cz_inputs)
             for n, m in meshes.items()}
     for n, o in outs.items():
         res[f"devices_used{n}"] = len(o.right.sharding.device_set)
@@ -154,8 +161,8 @@ def _main(case):
     if case == "toy":                       # StereoDiffusion on images [B, H, W, C]
         sd_events = build_stereodiffusion_events(StereoDiffusionConfig(), 6)
         x_img, d_img = x_T[:, 0], disp[:, 0]
-        outs = {n: sharding.stereodiffusion_sharded(m, make, params, cond, uncond, x_img, d_img,
-                                                    plan, key, sd_events)
+        sd_inputs = sharding.SamplerInputs(x_img, d_img, plan, key, sd_events)
+        outs = {n: sharding.stereodiffusion_sharded(m, make, params, cond, uncond, sd_inputs)
                 for n, m in meshes.items()}
         _compare(res, "sd", outs, ("left", "right"), "shifted")
     print(json.dumps(res))

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from szero_jax.diffusion import ddim_sample, make_ddim_plan, stable_diffusion_schedule
+from szero_jax.diffusion import (GuidanceScales, ddim_sample, make_ddim_plan,
+                                 stable_diffusion_schedule)
 from szero_jax.models.attention import cross_view_index, multihead_attention
 from szero_jax.stereo.denoisers import stereo_cfg_denoiser
 from szero_jax.stereo.inversion import NullTextConfig, ddim_inversion, null_text_inversion
@@ -42,7 +43,7 @@ def test_null_text_beats_ddim_inversion_at_guidance_7_5():
     uncond = jax.random.normal(k[3], (1, TOKENS, D)) * 0.3
     # released: SD 1.4, guidance 7.5 (img2stereo / null-text code); 10 steps keep it fast
     plan = make_ddim_plan(stable_diffusion_schedule(), 10, "leading", steps_offset=1,
-                          set_alpha_to_one=False, guidance_scale=7.5)
+                          set_alpha_to_one=False, guidance=GuidanceScales(7.5))
     model = functools.partial(_model, params)
 
     @jax.jit
@@ -70,7 +71,8 @@ def test_stereo_cfg_denoiser_keeps_views_major():
         seen["x"], seen["ctx"] = x, ctx
         return x * ctx[:, :1, :1].reshape(-1, 1, 1, 1)
 
-    plan = make_ddim_plan(stable_diffusion_schedule(), 4, "leading", guidance_scale=2.0)
+    plan = make_ddim_plan(stable_diffusion_schedule(), 4, "leading",
+                          guidance=GuidanceScales(2.0))
     from szero_jax.diffusion import plan_at
     x = jnp.stack([jnp.full((2, 2, 1), 1.0), jnp.full((2, 2, 1), 2.0)])
     cond, uncond = jnp.full((1, 1, 1), 3.0), jnp.full((1, 1, 1), 5.0)

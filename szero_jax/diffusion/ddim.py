@@ -12,15 +12,17 @@ Steps 1-2 belong to the denoiser (``cfg_denoiser`` or the caller's own), 3-5 to 
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+import dataclasses
+from typing import Callable, Optional, Sequence, Union
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from szero_jax.diffusion.guidance import check_prediction_type, guidance, predict_x0_eps
-from szero_jax.diffusion.schedules import NoiseSchedule, ddim_timesteps, dynamic_rescale_table
+from szero_jax.diffusion.guidance import check_prediction_type, predict_x0_eps
+from szero_jax.diffusion.guidance import guidance as guided_output
+from szero_jax.diffusion.schedules import DynamicRescale, NoiseSchedule, ddim_timesteps
 
 
 @flax.struct.dataclass
@@ -61,20 +63,29 @@ def _per_step(value, n: int, name: str) -> np.ndarray:
     return arr
 
 
-def make_ddim_plan(schedule: NoiseSchedule, num_steps: int, spacing: str, eta: float = 0.0, *,
+@dataclasses.dataclass(frozen=True, eq=False)
+class GuidanceScales:
+    """The CFG pair of a plan: scalars or per-step arrays [S] (defaults: guidance off)."""
+    scale: Union[float, np.ndarray] = 1.0    # uncond + scale (cond - uncond); 1 = cond only
+    rescale: Union[float, np.ndarray] = 0.0  # guidance rescale (Lin et al. 2024 Sec. 3.4); 0 = off
+
+
+def make_ddim_plan(schedule: NoiseSchedule, num_steps: Optional[int],
+                   spacing: Union[str, Sequence[int]], eta: float = 0.0, *,
                    steps_offset: int = 0, set_alpha_to_one: bool = False,
-                   guidance_scale=1.0, guidance_rescale=0.0, dynamic_rescale: bool = False,
-                   base_scale: float = 0.7, turning_step: int = 400,
-                   timesteps: Optional[np.ndarray] = None) -> DDIMPlan:
+                   guidance: GuidanceScales = GuidanceScales(),
+                   dynamic_rescale: Optional[DynamicRescale] = None) -> DDIMPlan:
     """Precompute a DDIM plan.
 
+    ``spacing``: one of ``SPACINGS`` (with ``num_steps`` and ``steps_offset``), or an explicit
+    array of timesteps (descending ints; ``num_steps`` then None or its length).
     ``alpha_bar_prev`` of a step is alpha_bar at the next timestep of the list (lvdm and, for
     the evenly spaced cases, diffusers); after the last step it is ``alphas_cumprod[0]``
     (lvdm ``make_ddim_sampling_parameters``; diffusers ``set_alpha_to_one=False``) or 1.
-    ``guidance_scale`` / ``guidance_rescale`` are scalars or per-step arrays [S].
+    ``guidance``: the steps' CFG scale and guidance rescale (``GuidanceScales``).
     ``dynamic_rescale``: DynamiCrafter's pred_x0 rescale (``use_dynamic_rescale`` in the
-    512 config; base_scale 0.7 and turning_step 400 are ddpm3d.py's defaults).
-    ``timesteps`` (descending, int) overrides ``num_steps``/``spacing``.
+    512 config), None for off; ``DynamicRescale()`` holds ddpm3d.py's base_scale 0.7 and
+    turning_step 400.
     ``dir_coef`` is computed here in float64: in float32 ``1 - ab_prev - sigma^2`` cancels
     to ~1e-7 at zero terminal SNR with eta = 1 (exactly 0 in exact arithmetic), which the
     float32 references (diffusers, lvdm) turn into a ~3e-4 * eps error at the first step.
@@ -83,15 +94,23 @@ def make_ddim_plan(schedule: NoiseSchedule, num_steps: int, spacing: str, eta: f
         raise ValueError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
     if not 0.0 <= float(eta):
         raise ValueError(f"eta must be >= 0, got {eta}")
+    if not isinstance(guidance, GuidanceScales):
+        raise ValueError(f"guidance: expected a GuidanceScales, got {guidance!r}")
+    if dynamic_rescale is not None and not isinstance(dynamic_rescale, DynamicRescale):
+        raise ValueError(f"dynamic_rescale: expected a DynamicRescale or None, "
+                         f"got {dynamic_rescale!r}")
     n_train = schedule.num_train_timesteps
-    if timesteps is None:
+    if isinstance(spacing, str):
         ts = ddim_timesteps(num_steps, spacing, n_train, steps_offset)
     else:
-        ts = np.asarray(timesteps, np.int64)
+        ts = np.asarray(spacing, np.int64)
         ok = ts.ndim == 1 and ts.size > 0 and np.all(np.diff(ts) < 0)
         if not ok or ts.min() < 0 or ts.max() >= n_train:
-            raise ValueError(f"timesteps must be strictly descending ints in [0, {n_train}), "
-                             f"got {ts}")
+            raise ValueError(f"spacing: explicit timesteps must be strictly descending ints in "
+                             f"[0, {n_train}), got {ts}")
+        if num_steps is not None and num_steps != ts.shape[0]:
+            raise ValueError(f"num_steps: expected None or {ts.shape[0]} (the explicit "
+                             f"timesteps' length), got {num_steps!r}")
     n = ts.shape[0]
     acp = schedule.alphas_cumprod
     final = 1.0 if set_alpha_to_one else acp[0]
@@ -99,8 +118,8 @@ def make_ddim_plan(schedule: NoiseSchedule, num_steps: int, spacing: str, eta: f
     ab_prev = np.concatenate([acp[ts[1:]], [final]])
     sigma = eta * np.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
     dir_coef = np.sqrt(np.maximum(1.0 - ab_prev - sigma ** 2, 0.0))
-    if dynamic_rescale:
-        scale = dynamic_rescale_table(n_train, base_scale, turning_step)[ts]
+    if dynamic_rescale is not None:
+        scale = dynamic_rescale.table(n_train)[ts]
         scale_prev = np.concatenate([scale[1:], scale[-1:]])  # last step: ratio 1, as lvdm
         x0_rescale = (scale_prev / scale).astype(np.float32)
     else:
@@ -109,8 +128,8 @@ def make_ddim_plan(schedule: NoiseSchedule, num_steps: int, spacing: str, eta: f
     return DDIMPlan(
         timesteps=jnp.asarray(ts, jnp.int32), alpha_bar=f32(ab), alpha_bar_prev=f32(ab_prev),
         sigma=f32(sigma), dir_coef=f32(dir_coef),
-        guidance_scale=f32(_per_step(guidance_scale, n, "guidance_scale")),
-        guidance_rescale=f32(_per_step(guidance_rescale, n, "guidance_rescale")),
+        guidance_scale=f32(_per_step(guidance.scale, n, "guidance.scale")),
+        guidance_rescale=f32(_per_step(guidance.rescale, n, "guidance.rescale")),
         x0_rescale=f32(x0_rescale), step=jnp.arange(n, dtype=jnp.int32))
 
 
@@ -228,7 +247,7 @@ def cfg_denoiser(model_fn: Callable, cond, uncond) -> DenoiseFn:
     def denoise(x, t, plan_i):
         b = x.shape[0]
         out = model_fn(jnp.concatenate([x, x], 0), jnp.concatenate([t, t], 0), both)
-        return guidance(out[:b], out[b:], plan_i.guidance_scale, plan_i.guidance_rescale)
+        return guided_output(out[:b], out[b:], plan_i.guidance_scale, plan_i.guidance_rescale)
 
     return denoise
 

@@ -7,6 +7,7 @@ for SVD's continuous v-prediction, the timestep ``0.25 log(sigma)``.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Optional
 
 import flax.struct
@@ -52,15 +53,23 @@ def _sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
     return (1 - w) * low + w * (low + 1)
 
 
+@dataclasses.dataclass(frozen=True)
+class KarrasSigmas:
+    """The Karras et al. 2022 (EDM) sigma ramp of an Euler plan; an end left None takes the
+    range from the training schedule at the spaced timesteps, as diffusers does."""
+    sigma_min: Optional[float] = SVD_SIGMA_MIN   # SVD-xt scheduler_config.json (see above)
+    sigma_max: Optional[float] = SVD_SIGMA_MAX   # SVD-xt scheduler_config.json (see above)
+    rho: float = 7.0   # EDM's rho, fixed in diffusers' EulerDiscreteScheduler (SVD-xt)
+
+
 def make_euler_plan(schedule: Optional[NoiseSchedule] = None, num_steps: int = 25, *,
-                    spacing: str = "leading", steps_offset: int = 1, karras: bool = True,
-                    sigma_min: Optional[float] = SVD_SIGMA_MIN,
-                    sigma_max: Optional[float] = SVD_SIGMA_MAX, rho: float = 7.0,
+                    spacing: str = "leading", steps_offset: int = 1,
+                    karras: Optional[KarrasSigmas] = KarrasSigmas(),
                     continuous_timesteps: bool = True) -> EulerPlan:
     """Precompute an Euler plan; the defaults are SVD-xt's scheduler (see SVD_SIGMA_*) on the
     scaled_linear 0.00085-0.012 training schedule. ``num_steps`` 25: the SVD / DepthCrafter
-    pipeline default (DepthCrafter's run.py uses 5). ``sigma_min=None`` / ``sigma_max=None``
-    take the range from the training schedule at the spaced timesteps, as diffusers does.
+    pipeline default (DepthCrafter's run.py uses 5). ``karras``: the sigma ramp
+    (``KarrasSigmas``), or None for the training sigmas at the spaced timesteps.
     Spacings as diffusers: leading (with ``steps_offset``), trailing, linspace.
     """
     schedule = stable_diffusion_schedule() if schedule is None else schedule
@@ -69,6 +78,8 @@ def make_euler_plan(schedule: Optional[NoiseSchedule] = None, num_steps: int = 2
     n_train = schedule.num_train_timesteps
     if not isinstance(num_steps, (int, np.integer)) or not 0 < num_steps <= n_train:
         raise ValueError(f"num_steps must be an int in [1, {n_train}], got {num_steps!r}")
+    if karras is not None and not isinstance(karras, KarrasSigmas):
+        raise ValueError(f"karras: expected a KarrasSigmas or None, got {karras!r}")
     # diffusers computes these in float32; a zero-SNR last step gets alpha_bar 2^-24.
     acp = schedule.alphas_cumprod.astype(np.float32)
     acp[-1] = max(acp[-1], 2.0 ** -24)
@@ -83,9 +94,10 @@ def make_euler_plan(schedule: Optional[NoiseSchedule] = None, num_steps: int = 2
     ts = ts.astype(np.float32)
     train_sigmas = np.sqrt((1 - acp) / acp)
     sigmas = np.interp(ts, np.arange(n_train), train_sigmas)
-    if karras:
-        lo = sigmas[-1] if sigma_min is None else sigma_min
-        hi = sigmas[0] if sigma_max is None else sigma_max
+    if karras is not None:
+        lo = sigmas[-1] if karras.sigma_min is None else karras.sigma_min
+        hi = sigmas[0] if karras.sigma_max is None else karras.sigma_max
+        rho = karras.rho
         ramp = np.linspace(0, 1, num_steps)
         sigmas = (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
         ts = _sigma_to_t(sigmas, np.log(train_sigmas))

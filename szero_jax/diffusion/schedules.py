@@ -113,3 +113,15 @@ def dynamic_rescale_table(num_train_timesteps: int = 1000, base_scale: float = 0
     Defaults 0.7 and 400: LatentDiffusion(base_scale=0.7, turning_step=400) in ddpm3d.py."""
     ramp = np.linspace(1.0, base_scale, turning_step)
     return np.concatenate([ramp, np.full(num_train_timesteps, base_scale)]).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicRescale:
+    """DynamiCrafter's pred_x0 rescale (``use_dynamic_rescale``), the option of
+    ``make_ddim_plan``: pred_x0 is multiplied by ``table[t_prev] / table[t]`` each step."""
+    base_scale: float = 0.7   # LatentDiffusion(base_scale=0.7) in lvdm/models/ddpm3d.py
+    turning_step: int = 400   # LatentDiffusion(turning_step=400) in lvdm/models/ddpm3d.py
+
+    def table(self, num_train_timesteps: int = 1000) -> np.ndarray:
+        """``dynamic_rescale_table`` of these settings."""
+        return dynamic_rescale_table(num_train_timesteps, self.base_scale, self.turning_step)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from szero_jax.diffusion import (cfg_denoiser, ddim_sample, make_ddim_plan,
+from szero_jax.diffusion import (GuidanceScales, cfg_denoiser, ddim_sample, make_ddim_plan,
                                  stable_diffusion_schedule)
 from szero_jax.geometry import (disparity_from_depth, forward_warp, minmax_signed,
                                 resize_disparity)
@@ -54,8 +54,7 @@ def _plan(sampling: SamplingConfig):
     # (StereoDiffusion samples deterministically).
     return make_ddim_plan(stable_diffusion_schedule(), sampling.steps, "leading", 0.0,
                           steps_offset=1, set_alpha_to_one=False,
-                          guidance_scale=sampling.guidance,
-                          guidance_rescale=sampling.guidance_rescale)
+                          guidance=GuidanceScales(sampling.guidance, sampling.guidance_rescale))
 
 
 def _model_fn(unet_cfg, dtype, params, stage):

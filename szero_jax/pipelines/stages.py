@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from szero_jax.diffusion import cfg_denoiser, ddim_invert, ddim_sample, make_ddim_plan
-from szero_jax.diffusion import plan_slice
+from szero_jax.diffusion import DynamicRescale, GuidanceScales, plan_slice
 from szero_jax.diffusion.euler import euler_sample, make_euler_plan
 from szero_jax.diffusion.guidance import guidance
 from szero_jax.diffusion.schedules import NoiseSchedule
@@ -94,11 +94,11 @@ def video_plan(models: VideoModels, sampling: SamplingConfig, invertible: bool =
     """The DDIM plan of a resolved ``sampling``, cut at its ``start_step``. ``invertible``:
     dynamic rescale off (it cannot be inverted), as for footage conversion."""
     c = models.config
+    rescale = (DynamicRescale(base_scale=c.base_scale)
+               if c.use_dynamic_rescale and not invertible else None)
     plan = make_ddim_plan(schedule(models), sampling.steps, SPACING, sampling.eta,
-                          guidance_scale=sampling.guidance,
-                          guidance_rescale=sampling.guidance_rescale,
-                          dynamic_rescale=c.use_dynamic_rescale and not invertible,
-                          base_scale=c.base_scale)
+                          guidance=GuidanceScales(sampling.guidance, sampling.guidance_rescale),
+                          dynamic_rescale=rescale)
     return plan_slice(plan, sampling.start_step, sampling.steps) if sampling.start_step else plan
 
 
