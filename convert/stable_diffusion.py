@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 from convert import common
 from szero_jax.models import clip_keymaps
 from szero_jax.models import configs as C

@@ -204,7 +204,6 @@ def load_check(f32: Path, bf16: Path, work: Path) -> dict:
 # ------------------------------------------------------------------------------ main
 def main(argv):
     del argv
-    from convert import standins  # pylint: disable=import-outside-toplevel
     unknown = [s for s in FLAGS.standins if s not in STANDINS]
     if unknown:
         raise app.UsageError(f"--standins: unknown {unknown}; expected some of {list(STANDINS)}")
@@ -275,8 +274,9 @@ def main(argv):
                 shutil.rmtree(work / "svd", ignore_errors=True)
     if FLAGS.output_json:
         Path(FLAGS.output_json).write_text(json.dumps(report, indent=1))
-    if not FLAGS.keep_standins and not any(work.iterdir()):
-        work.rmdir()
+    if not FLAGS.keep_standins:   # the logs stay
+        for p in [work / "tiny.ckpt", work / "tiny.json", *work.glob("unet_*.npy")]:
+            p.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
