@@ -74,23 +74,6 @@ def check_batch(rows: int, mesh: Mesh, name: str = "batch") -> int:
     return rows
 
 
-def shard_batch(tree, mesh: Mesh):
-    """``device_put`` every leaf (leading axis = prompts) split over ``data``."""
-    for leaf in jax.tree.leaves(tree):
-        check_batch(np.shape(leaf)[0], mesh)
-    return jax.device_put(tree, batch_sharding(mesh))
-
-
-def shard_views(x, mesh: Mesh):
-    """``device_put`` a view-major ``[2b, ...]`` array: left rows / right rows on the two
-    view groups, each split over ``data``."""
-    x = jnp.asarray(x)
-    if x.shape[0] % 2:
-        raise ValueError(f"x: a view-major stereo batch has an even number of rows, got {x.shape}")
-    check_batch(x.shape[0] // 2, mesh, "x (rows per view)")
-    return jax.device_put(x, stereo_sharding(mesh))
-
-
 def constrain_views(x, mesh: Mesh):
     """Inside jit: ``x``'s view-major batch axis laid out as ``stereo_sharding`` (left
     unconstrained when its rows do not split evenly)."""

@@ -81,10 +81,6 @@ DEPTH_UNET = UNetSTConfig(in_channels=8, out_channels=4, block_out_channels=(32,
                           cross_attn=(True, False), addition_time_embed_dim=32,
                           num_frames=FRAMES)
 
-INITIAL_CONFIGS = {"vae": VAE, "text_encoder": TEXT, "image_encoder": VISION,
-                   "resampler": RESAMPLER, "video_unet": VIDEO, "depth_unet": DEPTH_UNET}
-
-
 def load_tiny_family(names=tuple(FAMILIES), root=None) -> dict[str, tuple[Any, Any]]:
     """``{name: (params, config)}`` of the shipped tiny networks (FileNotFoundError if absent);
     ``root`` defaults to ``checkpoints.TINY_DIR``."""

@@ -99,14 +99,14 @@ class DepthConfig:
     max_disparity: Optional[float] = None  # near-to-far span / width; None: the checkpoint's
                                            # (0.08 = StereoCrafter-Zero's scale 8)
     convergence: Optional[float] = None  # zero-parallax plane in [0, 1]; None: far plane
-    dissolve_step: int = 20              # released examples use 5, 20, 30 (depthcrafter.py)
+    dissolve_step: int = 20              # released examples use 5, 20, 30 (i2v_test.py)
     steps: int = 5                       # DepthCrafter run.py num_inference_steps
-    guidance: float = 1.2                # StereoCrafter-Zero calls DepthCrafter at 1.2
+    guidance: float = 1.2                # StereoCrafter-Zero depthcrafter.py infer_frames
 
     @classmethod
     def stereo_image(cls, **overrides) -> "DepthConfig":
         """StereoDiffusion: a given map of relative disparity (DPT's output) shifting 8 % of
-        the width (REFERENCES: docs/references.md), no blur."""
+        the width (docs/references.md), no blur."""
         return dataclasses.replace(cls(source="given", kind="disparity", blur_sigma=0.0,
                                        max_disparity=0.08), **overrides)
 

@@ -19,7 +19,7 @@ view is exactly the plain left-only sample. With ``bi``/``swap`` the left trajec
 one the batched calls produce (the released code instead overwrites it with a separate
 left-only pass after every step).
 
-Paper vs released code (shijianjian/StereoCrafter-Zero; see ../shared/REFERENCES.md): the
+Paper vs released code (shijianjian/StereoCrafter-Zero; see docs/references.md): the
 defaults are the paper's; ``StereoCrafterZeroConfig.released()`` gives the released run.
   * restart window: K = 6 (t = 49..44): Tables 4-5 pick K = 6, L = 7 as best and Table 5's
     N = 0 total is 6 x 7 = 42; the released code runs loop steps 0-5. Sec. 4.1's "t = 49 to
@@ -382,7 +382,7 @@ def stereocrafter_zero_sample(denoise_fn: StereoDenoiseFn, x_T, disparity, plan:
     sampler's randomness (step noise, fixed restart noise eps', hole noise, each refinement
     round's noise). Traceable:
     jit the caller with the network params as arguments. prediction_type default: DynamiCrafter
-    is a v-model (REFERENCES.md).
+    is a v-model (docs/references.md).
     """
     return stereocrafter_zero_run(denoise_fn, x_T, disparity, plan, key,
                                   build_events(config, plan.num_steps), prediction_type)

@@ -34,7 +34,7 @@ def dissolve_depth(model_fn: Callable, latent, plan, dissolve_step: int,
     eps`` for eps models, exactly Eq. 5) or an ``EulerPlan`` (DepthCrafter/SVD: the network
     sees ``c_in * latent`` and its continuous timestep, as the released code does through
     ``scale_model_input``). model_fn: any conditioning (video latents, CLIP tokens) bound in.
-    Default prediction_type: DepthCrafter is a v-model (REFERENCES.md).
+    Default prediction_type: DepthCrafter is a v-model (docs/references.md).
     """
     check_prediction_type(prediction_type)
     p = plan_at(plan, dissolve_index(dissolve_step, plan.num_steps))

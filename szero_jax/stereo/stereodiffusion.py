@@ -6,7 +6,7 @@ Both views are one batch ``[left; right]`` from step 0 (they are identical until
 so the right half of the early calls repeats the left; one network copy in the program is
 worth more than those calls). The views share the step noise (the paper samples with eta 0).
 
-Paper vs released code (lez-s/StereoDiffusion; see ../shared/REFERENCES.md):
+Paper vs released code (lez-s/StereoDiffusion; see docs/references.md):
   * SPSMD: the paper's Eq. 6-7 puts the shifted left latent into the masked positions of the
     right *input* ``X'_t'`` and takes the right's DDIM update from it with the model output of
     the unmodified input (``spsmd="paper"``); the released code overwrites the right's
