@@ -256,8 +256,14 @@ def devices(folder: Path, frames: int = 40, height: int = 160, width: int = 256)
     same = {n: all(outs[n][f] == outs[1][f] for f in ("left.mkv", "right.mkv", "sbs.mkv"))
             for n in (2, 4)}
     frames_same = {n: bool(np.array_equal(outs[n]["frames"], outs[1]["frames"])) for n in (2, 4)}
-    print(f"devices: files identical to 1 device {same}, decoded right views {frames_same}")
-    return {"bytes_identical": same, "right_frames_identical": frames_same}
+    diff = {n: np.abs(outs[n]["frames"].astype(int) - outs[1]["frames"]) for n in (2, 4)}
+    differing = {n: int((d > 0).sum()) for n, d in diff.items()}
+    print(f"devices: files identical to 1 device {same}, decoded right views {frames_same}, "
+          f"differing uint8 values {differing} of {diff[2].size}, max "
+          f"{ {n: int(d.max()) for n, d in diff.items()} }")
+    return {"bytes_identical": same, "right_frames_identical": frames_same,
+            "right_values_differing": differing, "right_values": int(diff[2].size),
+            "right_max_abs_diff": {n: int(d.max()) for n, d in diff.items()}}
 
 
 # ----------------------------------------------------------------------------- resume
