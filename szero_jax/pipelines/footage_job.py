@@ -660,6 +660,9 @@ def _stereo_windows(job, plan, programs, disparity, work, timer, progress, assem
         while assembler.done < len(assembler.segments):
             assembler.run_ready()
             if assembler.done < len(assembler.segments):
+                if jax.process_count() == 1:      # nobody else will write the window
+                    raise RuntimeError(f"stereo: segment {assembler.done} lacks a window "
+                                       f"result in {str(wdir)!r}")
                 time.sleep(POLL_S)        # other hosts' windows
 
 
