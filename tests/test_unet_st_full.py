@@ -11,17 +11,11 @@ from diffusers import UNetSpatioTemporalConditionModel
 
 from convert.common import check_keymap
 from szero_jax.models import configs
+from convert.standins import DEPTHCRAFTER_UNET
 from szero_jax.models.unet_keymap import diffusers_unet_key
 from szero_jax.models.unet_st import UNetSpatioTemporal
 
-CONFIG_JSON = dict(  # tencent/DepthCrafter unet/config.json (= SVD-xt's)
-    addition_time_embed_dim=256, block_out_channels=[320, 640, 1280, 1280],
-    cross_attention_dim=1024,
-    down_block_types=["CrossAttnDownBlockSpatioTemporal"] * 3 + ["DownBlockSpatioTemporal"],
-    in_channels=8, layers_per_block=2, num_attention_heads=[5, 10, 20, 20], num_frames=25,
-    out_channels=4, projection_class_embeddings_input_dim=768, sample_size=96,
-    transformer_layers_per_block=1,
-    up_block_types=["UpBlockSpatioTemporal"] + ["CrossAttnUpBlockSpatioTemporal"] * 3)
+CONFIG_JSON = DEPTHCRAFTER_UNET  # tencent/DepthCrafter unet/config.json (= SVD-xt's)
 
 
 @pytest.mark.slow
