@@ -75,7 +75,8 @@ import numpy as np
 from experiments import baselines as B
 from experiments import common_flags as cf
 from szero_jax.io.atomic import atomic_output
-from szero_jax.metrics import psnr
+from szero_jax.metrics import left_right_consistency, psnr
+from szero_jax.pipelines.composite import composite_right
 from szero_jax.pipelines.config import DepthConfig, SamplingConfig
 
 
@@ -83,7 +84,7 @@ BENCH_STEPS = 20   # DDIM steps (paper: 50); fits the CPU budget, K, w and stop 
 
 cf.declare(__name__, "height", "width", "frames", "steps", "seed", "checkpoint", "blur_sigma",
            "dissolve_step", "lpips", "random_weights_for_testing", "output_json",
-           "compilation_cache_dir")
+           "compilation_cache_dir", "resume")
 flags.DEFINE_integer("num_scenes", 2, "Held-out world scenes (seeds HELDOUT_SEED_START + "
                      "seed_offset + i)")
 flags.DEFINE_integer("seed_offset", 0, "First held-out seed after HELDOUT_SEED_START")
@@ -170,6 +171,7 @@ class Row:
     group: str
     kind: str                         # identity | baseline | vae | sd | szero
     stereo: tuple = ()                # StereoCrafterZeroConfig overrides (paper values)
+    preset: str = "paper"             # "paper": StereoCrafterZeroConfig(); "released": .released()
     sharp: bool = False               # no low-pass of the disparity (no blur / no dissolving)
     note: str = ""
 
@@ -182,6 +184,8 @@ def all_rows(quick=False):
             Row("vae_ceiling", "models", "vae", note="true right through the VAE"),
             Row("stereodiffusion", "models", "sd"),
             Row("szero", "models", "szero", note="full method, paper defaults"),
+            Row("released", "models", "szero", preset="released",
+                note="StereoCrafterZeroConfig.released(): the released code's run"),
             Row("no_restart", "ablations", "szero", (("restart_rounds", 1),)),
             Row("no_refine", "ablations", "szero", (("refine_rounds", 0),)),
             Row("no_border", "ablations", "szero", (("border", "off"),)),
@@ -217,9 +221,13 @@ def stereo_config(row: Row, plan_steps: int):
     """The row's StereoCrafterZeroConfig, paper step counts scaled to ``plan_steps`` when
     the run has fewer than the paper's 50 steps."""
     from szero_jax.stereo import StereoCrafterZeroConfig
-    base = StereoCrafterZeroConfig()
+    base = StereoCrafterZeroConfig.released() if row.preset == "released" \
+        else StereoCrafterZeroConfig()
     kw = dict(row.stereo)
     f = min(1.0, plan_steps / PAPER_STEPS)
+    if row.preset == "released" and plan_steps < PAPER_STEPS - 1:   # 49: inversion skips t=999
+        raise ValueError("the released row's refinement schedule is in 50-step positions: "
+                         f"run it at --steps {PAPER_STEPS}, or --exclude released")
     if f < 1.0:
         kw["restart_steps"] = max(1, int(round(kw.get("restart_steps", base.restart_steps) * f)))
         kw["warp_every"] = max(1, int(round(base.warp_every * f)))
@@ -420,6 +428,8 @@ def run_benchmark(scenes, rows, *, models=None, steps=50, seed=0, depth_sources=
                 if row.kind in ("vae", "sd", "szero") and runner is None:
                     results["skipped"][row.name] = "no video model"
                     continue
+                if row.preset == "released" and src != "gt":
+                    continue       # the released depth path is DepthCrafter's, not the tiny's
                 label = row.name if src == "gt" else f"{row.name}@{src}"
                 t0 = time.perf_counter()
                 left_out, nfe = None, 0
@@ -440,16 +450,21 @@ def run_benchmark(scenes, rows, *, models=None, steps=50, seed=0, depth_sources=
                         cache[ck] = runner.szero(prep, d, cfg, pad)
                     left_out, right, nfe = cache[ck]
                 seconds = time.perf_counter() - t0
-                score = B.score_view(right, scene.right, scene.disoccluded, use_lpips)
-                score.update(seconds=seconds, nfe=nfe, source=src, row=row.name)
-                if left_out is not None:
-                    score["left_psnr"] = float(np.mean(np.asarray(
-                        psnr(np.clip(left_out, 0.0, 1.0), scene.left))))
-                per["rows"][label] = score
-                log(f"  {label:22s} PSNR {score['psnr']:6.2f}  SSIM {score['ssim']:.3f}  "
-                    + (f"LPIPS {score['lpips']:.3f}  " if use_lpips else "")
-                    + (f"hole PSNR {score.get('hole_psnr', float('nan')):6.2f}  ")
-                    + f"({seconds:.1f} s, {nfe} evals)")
+                views = {label: right}
+                if row.name in COMPOSITE_ROWS:
+                    views[label.replace(row.name, row.name + "_composite", 1)] = np.asarray(
+                        composite_right(scene.left, m["sharp"], right).right)
+                for lab, view in views.items():
+                    score = _score(scene, view, use_lpips)
+                    score.update(seconds=seconds, nfe=nfe, source=src, row=row.name)
+                    if left_out is not None:
+                        score["left_psnr"] = float(np.mean(np.asarray(
+                            psnr(np.clip(left_out, 0.0, 1.0), scene.left))))
+                    per["rows"][lab] = score
+                    log(f"  {lab:22s} PSNR {score['psnr']:6.2f}  SSIM {score['ssim']:.3f}  "
+                        + (f"LPIPS {score['lpips']:.3f}  " if use_lpips else "")
+                        + (f"hole PSNR {score.get('hole_psnr', float('nan')):6.2f}  ")
+                        + f"LR {score['lr_error']:.4f}  ({seconds:.1f} s, {nfe} evals)")
         per["seconds"] = time.perf_counter() - t_scene
         if on_scene:
             on_scene(results)
@@ -457,7 +472,24 @@ def run_benchmark(scenes, rows, *, models=None, steps=50, seed=0, depth_sources=
     return results
 
 
-METRICS = ("psnr", "ssim", "lpips", "hole_psnr", "hole_ssim", "hole_lpips")
+METRICS = ("psnr", "ssim", "lpips", "hole_psnr", "hole_ssim", "hole_lpips", "lr_error")
+# Rows also scored as the composite right view (``pipelines.composite``): the input warped by
+# the sharp map (the given disparity, not the low-passed one the sampler used), the row's right
+# view only in (and feathered around) the warp's holes: what ``convert_video --right
+# composite`` writes with ``--blur_sigma 0``.
+COMPOSITE_ROWS = ("szero", "released", "stereodiffusion")
+
+
+def _score(scene, right, use_lpips):
+    """The right view's scores against the true right view, plus ``lr_error``: the mean
+    absolute left-right photometric error after warping the right view back onto the left
+    with the true disparity, on left pixels visible in the right view
+    (``metrics.left_right_consistency``): a measure that needs no true right view (the
+    paper judges with MEt3R, which the project cannot ship)."""
+    score = B.score_view(right, scene.right, scene.disoccluded, use_lpips)
+    score["lr_error"] = float(left_right_consistency(
+        scene.left[None], np.clip(right, 0.0, 1.0)[None], scene.disparity[None])[0])
+    return score
 
 
 def summarize(results):
@@ -487,10 +519,10 @@ def format_table(results, use_lpips=True) -> str:
         for lab in means[ds]:
             if lab not in labels:
                 labels.append(lab)
-    mets = ("psnr", "ssim", "lpips", "hole_psnr", "hole_ssim", "hole_lpips") if use_lpips \
-        else ("psnr", "ssim", "hole_psnr", "hole_ssim")
+    mets = ("psnr", "ssim", "lpips", "hole_psnr", "hole_ssim", "hole_lpips", "lr_error") \
+        if use_lpips else ("psnr", "ssim", "hole_psnr", "hole_ssim", "lr_error")
     short = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "hole_psnr": "hPSNR",
-             "hole_ssim": "hSSIM", "hole_lpips": "hLPIPS"}
+             "hole_ssim": "hSSIM", "hole_lpips": "hLPIPS", "lr_error": "LR"}
     counts = results["summary"]["scenes_per_dataset"]
     head = ["method"]
     for ds in datasets:
@@ -503,7 +535,8 @@ def format_table(results, use_lpips=True) -> str:
             d = means[ds].get(lab, {})
             for m in mets:
                 v = d.get(m)
-                cells.append("" if v is None else (f"{v:.2f}" if "psnr" in m else f"{v:.3f}"))
+                cells.append("" if v is None else (f"{v:.2f}" if "psnr" in m else
+                                                   f"{v:.4f}" if m == "lr_error" else f"{v:.3f}"))
         anyd = next(means[ds][lab] for ds in datasets if lab in means[ds])
         cells.append(f"{anyd['left_psnr']:.2f}" if "left_psnr" in anyd else "")
         cells.append(str(int(anyd.get("nfe", 0))) if anyd.get("nfe") else "")
@@ -520,10 +553,36 @@ def write_json(path, results):
         tmp.write_text(json.dumps(results, indent=1, default=str))
 
 
+def run_key(rows) -> dict:
+    """What defines a run: --resume continues a JSON only when these match."""
+    return dict(steps=FLAGS.steps, seed=FLAGS.seed, height=FLAGS.height, width=FLAGS.width,
+                frames=FLAGS.frames, depth_sources=list(FLAGS.depth_sources),
+                blur_sigma=FLAGS.blur_sigma, dissolve_step=FLAGS.dissolve_step,
+                lpips=FLAGS.lpips, compile_buckets=FLAGS.compile_buckets,
+                checkpoint=FLAGS.checkpoint, random=FLAGS.random_weights_for_testing,
+                rows=[r.name for r in rows])
+
+
+def load_resumable(path, key) -> Optional[dict]:
+    """The results of an earlier run with the same ``run_key`` (scenes written so far), or
+    None when there is none; a different run at ``path`` is an error (not overwritten)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    old = json.loads(path.read_text())
+    if old.get("run") != key:
+        diff = sorted(k for k in key if (old.get("run") or {}).get(k) != key[k])
+        raise ValueError(f"--resume: {path} holds a run with other settings ({', '.join(diff)}); "
+                         f"pass another --output_json or drop --resume")
+    return old
+
+
 def main(argv):
     del argv
     cf.enable_compilation_cache(FLAGS.compilation_cache_dir)
     rows = select_rows(all_rows(FLAGS.quick), FLAGS.include, FLAGS.exclude)
+    if FLAGS.steps < PAPER_STEPS and "released" not in FLAGS.include:
+        rows = [r for r in rows if r.preset != "released"]   # its schedule is in 50-step units
     if FLAGS.height % 16 or FLAGS.width % 16:
         raise ValueError(f"--height/--width: multiples of 16 expected, got {FLAGS.height}x"
                          f"{FLAGS.width}")
@@ -553,8 +612,12 @@ def main(argv):
         res["summary"] = summarize(res)
         write_json(FLAGS.output_json, res)
 
-    results = None
+    key = run_key(rows)
+    results = load_resumable(FLAGS.output_json, key) if FLAGS.resume else None
     for i, scene in enumerate(scenes):
+        if results is not None and scene.name in results["scenes"]:
+            log(f"[{i + 1}/{len(scenes)}] {scene.name}: done in {FLAGS.output_json} (resumed)")
+            continue
         log(f"[{i + 1}/{len(scenes)}] {scene.name}: {scene.caption}")
         part = run_benchmark([scene], rows, models=models, steps=FLAGS.steps, seed=FLAGS.seed,
                              depth_sources=FLAGS.depth_sources, blur_sigma=FLAGS.blur_sigma,
@@ -562,7 +625,7 @@ def main(argv):
                              tiny_depth_all_rows=FLAGS.tiny_depth_all_rows,
                              compile_buckets=FLAGS.compile_buckets, log=log)
         if results is None:
-            results = part
+            results = dict(part, run=key)
         else:
             results["scenes"].update(part["scenes"])
             results["skipped"].update(part["skipped"])
@@ -571,7 +634,8 @@ def main(argv):
         num_scenes=FLAGS.num_scenes, height=FLAGS.height, width=FLAGS.width,
         frames=FLAGS.frames, quick=FLAGS.quick, middlebury=FLAGS.middlebury,
         checkpoint=FLAGS.checkpoint or ("random" if FLAGS.random_weights_for_testing else "tiny"),
-        rows=[r.name for r in rows], wall_seconds=time.perf_counter() - t0)
+        rows=[r.name for r in rows], wall_seconds_this_process=time.perf_counter() - t0,
+        scene_seconds_total=sum(v.get("seconds", 0.0) for v in results["scenes"].values()))
     results["summary"] = summarize(results)
     results["table"] = format_table(results, FLAGS.lpips)
     write_json(FLAGS.output_json, results)

@@ -56,6 +56,8 @@ flags.DEFINE_integer("height", tiny.HEIGHT, "Frame height (default: the tiny fam
 flags.DEFINE_integer("width", tiny.WIDTH, "Frame width (default: the tiny family's)")
 flags.DEFINE_integer("frames", tiny.FRAMES, "Frames per clip (default: the tiny family's clip "
                      "length)")
+flags.DEFINE_bool("resume", False, "Continue an interrupted run from what it already wrote "
+                  "(the launcher's --help says what that is; default False: start over)")
 flags.DEFINE_string("output_json", None, "Also write the results here as JSON (default None: "
                     "the launcher's own)")
 flags.DEFINE_integer("repeats", 3, "Timed runs per case, after a warm-up (default 3; the "

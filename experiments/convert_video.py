@@ -31,7 +31,8 @@ from absl import app, flags
 from experiments import common_flags as cf
 
 cf.declare(__name__, "checkpoint", "output_dir", "seed", "format", "dtype",
-           "compilation_cache_dir", "random_weights_for_testing", "prompt", *cf.SAMPLING_FLAGS,
+           "compilation_cache_dir", "random_weights_for_testing", "prompt", "resume",
+           *cf.SAMPLING_FLAGS,
            *cf.DEPTH_FLAGS, *cf.STEREO_FLAGS)
 flags.DEFINE_string("input", None, "A video file, or a folder whose videos are converted file "
                     "by file (default None: required; with a folder, --depth may be a folder of "
@@ -47,8 +48,6 @@ flags.DEFINE_integer("overlap", None, "Frames shared by consecutive windows (def
                      "BENCHMARK.md)")
 flags.DEFINE_bool("lossless", False, "Write FFV1 in .mkv (frame-exact; the left output then "
                   "equals the input) instead of H.264 CRF 18 in .mp4")
-flags.DEFINE_bool("resume", False, "Continue an interrupted conversion from its work folder "
-                  "inside --output_dir (same settings required)")
 flags.DEFINE_bool("write_disparity", False, "Also write disparity.npy: the pixel disparity "
                   "used, float32 [T, H, W] at the source size")
 flags.DEFINE_integer("devices", None, "Local devices the stereo windows are batched over, one "

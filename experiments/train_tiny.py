@@ -130,13 +130,12 @@ flags.DEFINE_integer("latent_clips", _T.latent_clips, "Clips the video and depth
 flags.DEFINE_integer("num_eval", _T.num_eval, "Held-out clips (seeds from HELDOUT_SEED_START) for eval.")
 flags.DEFINE_string("work_dir", _T.work_dir, "Clip cache and resumable train state.")
 flags.DEFINE_string("docs_dir", _T.docs_dir, "Where eval writes tiny_samples.png.")
-flags.DEFINE_bool("resume", _T.resume, "Continue each stage from its saved train state.")
 flags.DEFINE_string("init_from", _T.init_from, "Fine-tune: start the video/depth stages from the "
                     "networks in this tiny-family directory (e.g. the shipped one, at a new "
                     "resolution) instead of a fresh initialisation.")
 flags.DEFINE_integer("log_every", _T.log_every, "Log the mean loss every this many steps.")
 flags.DEFINE_integer("save_every", _T.save_every, "Checkpoint the train state every this many steps.")
-cf.declare(__name__, "steps", "seed", "output_dir", "height", "width", "frames")
+cf.declare(__name__, "steps", "seed", "output_dir", "height", "width", "frames", "resume")
 FLAGS = flags.FLAGS
 
 
