@@ -59,12 +59,13 @@ def make_clip(folder: Path, frames: int, height: int, width: int, audio: bool = 
               seed: int = SCENE_SEED):
     """A world clip: (input video path (FFV1 .mkv, AAC audio), disparity .npy, Scene)."""
     from szero_jax import world  # pylint: disable=import-outside-toplevel
-    from szero_jax.io.stream import FFMPEG, FrameWriter  # pylint: disable=import-outside-toplevel
+    from szero_jax.io import EncodeConfig, VideoWriter  # pylint: disable=import-outside-toplevel
+    from szero_jax.io.stream import FFMPEG  # pylint: disable=import-outside-toplevel
     scene = world.make_scene(seed, height, width, frames)
     folder.mkdir(parents=True, exist_ok=True)
     video = folder / f"clip{frames}.mkv"
     silent = folder / f".clip{frames}_silent.mkv" if audio else video   # hidden: not listed
-    with FrameWriter(silent, width, height, FPS, lossless=True) as w:
+    with VideoWriter(silent, EncodeConfig(fps=FPS, lossless=True)) as w:
         for s in range(0, frames, 32):
             w.write(np.round(scene.left[s:s + 32] * 255).astype(np.uint8))
     if audio:
@@ -94,6 +95,12 @@ def convert(args, env_devices: int | None = None, timeout: int = 5400):
     peak = [int(line.split()[1]) for line in proc.stdout.splitlines()
             if line.startswith("PEAK_RSS_KB")]
     return proc, peak[-1] / 1024.0
+
+
+def output_names(suffix: str) -> tuple:
+    """The converter's left, right and (default --format) SBS file names."""
+    from szero_jax.io import output_name  # pylint: disable=import-outside-toplevel
+    return tuple(output_name(role, suffix) for role in ("left", "right", "sbs"))
 
 
 def read_all(path) -> np.ndarray:
@@ -166,7 +173,7 @@ def quality(folder: Path, steps: int, frames: int = 200, height: int = 160,
 
 
 # ----------------------------------------------------------------------------- overlap
-def overlap(frames: int = 48, steps: int = 10, overlaps=(2, 3, 4)) -> dict:
+def overlap(frames: int = 48, steps: int = 10, overlaps=(2, 3, 4, 5, 6)) -> dict:
     """Seams against the overlap, in process at the tiny family's frame (80x128): the same
     windows (one StereoCrafter-Zero conversion per window start) blended with each overlap,
     composited with the true disparity; the hole change at seam pairs and inside pairs
@@ -251,10 +258,9 @@ def devices(folder: Path, frames: int = 40, height: int = 160, width: int = 256)
         convert(["--input", video, "--output_dir", out, "--depth", disparity, "--depth_kind",
                  "disparity_px", "--blur_sigma", "0", "--steps", "4", "--lossless",
                  "--devices", n, *FAST], env_devices=n)
-        outs[n] = {f: (out / f).read_bytes() for f in ("left.mkv", "right.mkv", "sbs.mkv")}
+        outs[n] = {f: (out / f).read_bytes() for f in output_names(".mkv")}
         outs[n]["frames"] = read_all(out / "right.mkv")
-    same = {n: all(outs[n][f] == outs[1][f] for f in ("left.mkv", "right.mkv", "sbs.mkv"))
-            for n in (2, 4)}
+    same = {n: all(outs[n][f] == outs[1][f] for f in output_names(".mkv")) for n in (2, 4)}
     frames_same = {n: bool(np.array_equal(outs[n]["frames"], outs[1]["frames"])) for n in (2, 4)}
     diff = {n: np.abs(outs[n]["frames"].astype(int) - outs[1]["frames"]) for n in (2, 4)}
     differing = {n: int((d > 0).sum()) for n, d in diff.items()}
@@ -296,7 +302,7 @@ def resume(folder: Path, frames: int = 150, height: int = 160, width: int = 256)
     segments = sorted(p.name for p in (work / "segments").glob("seg_*.json")) if work.is_dir() else []
     partial = sorted(p.name for p in (folder / "killed").glob("*.mp4"))
     convert([*base, "--output_dir", folder / "killed", "--resume"])
-    names = ("left.mp4", "right.mp4", "sbs.mp4")
+    names = output_names(".mp4")
     same = {n: (folder / "whole" / n).read_bytes() == (folder / "killed" / n).read_bytes()
             for n in names}
     decoded = bool(np.array_equal(read_all(folder / "whole" / "right.mp4"),
