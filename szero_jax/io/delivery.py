@@ -81,7 +81,7 @@ def output_name(role: str, suffix: str) -> str:
 SEI_NAMES = {3: "side by side", 4: "top and bottom"}   # FFmpeg's names, as read back
 
 
-def _entry(role: str, name: str, suffix: str, config: EncodeConfig) -> dict:
+def file_record(role: str, name: str, suffix: str, config: EncodeConfig) -> dict:
     """The file's record; "stereo" holds the tags written, in ``read_stereo_metadata``'s
     terms, so a test can compare what was written with what is read back."""
     entry = {"path": name, "role": role}
@@ -144,7 +144,7 @@ def write_stereo_outputs(out_dir, left, right, delivery: Delivery = Delivery(),
                     writer.write(_frames(role, left[sl], right[sl]))
         else:
             write_image(out_dir / name, _frames(role, left, right))
-        files.append(_entry(role, name, suffix, delivery.encode))
+        files.append(file_record(role, name, suffix, delivery.encode))
     return files
 
 
