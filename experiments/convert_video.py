@@ -12,12 +12,17 @@ sampler, and blended in their overlaps; by default (``--right composite``) the r
 is the source-resolution forward warp of the input, with the diffusion view only in the
 holes, and the left output *is* the input (``szero_jax.pipelines.footage_job``).
 
-Writes per video (a folder --input gets one sub-folder per video): left, right and the
---format layouts (.mp4 H.264 CRF 18, or .mkv FFV1 with --lossless), the source's frame rate
-and audio, and summary.json (files with roles, settings, per-stage timings, frames per
-second, seam and consistency metrics). Intermediate results live in
-<output_dir>/.convert-work/<name>/ until the video is done; after Ctrl-C, SIGKILL or a
-failed write, --resume continues from the last finished window (same output).
+Writes per video (a folder --input gets one sub-folder per video), through
+``szero_jax.io.encode`` as ``generate`` does: left.mp4, right.mp4 and the --format layout
+named for VR players and carrying its stereo tag (sbs_LRF_Full_SBS.mp4 with an st3d box;
+Matroska StereoMode with --container mkv), at the source's frame rate and with its audio
+(--codec / --crf / --pix_fmt / --container / --frame_packing_sei set the encoding;
+--lossless: FFV1 in .mkv, frame-exact), report.html (sampled frames, disparity and its
+histogram, holes, timings, metrics, settings; open it in a browser) and summary.json (files
+with roles and stereo tags, settings, per-stage timings, frames per second, seam and
+consistency metrics). Intermediate results live in <output_dir>/.convert-work/<name>/ until
+the video is done; after Ctrl-C, SIGKILL or a failed write, --resume continues from the
+last finished window (same output).
 """
 from __future__ import annotations
 
@@ -32,8 +37,7 @@ from experiments import common_flags as cf
 
 cf.declare(__name__, "checkpoint", "output_dir", "seed", "format", "dtype",
            "compilation_cache_dir", "random_weights_for_testing", "prompt", "resume",
-           *cf.SAMPLING_FLAGS,
-           *cf.DEPTH_FLAGS, *cf.STEREO_FLAGS)
+           *cf.SAMPLING_FLAGS, *cf.DEPTH_FLAGS, *cf.STEREO_FLAGS, *cf.ENCODE_FLAGS)
 flags.DEFINE_string("input", None, "A video file, or a folder whose videos are converted file "
                     "by file (default None: required; with a folder, --depth may be a folder of "
                     "<video name>.npy files)")
@@ -47,7 +51,8 @@ flags.DEFINE_integer("overlap", None, "Frames shared by consecutive windows (def
                      "half the window; fewer leave visible seams in the hole fills, see "
                      "BENCHMARK.md)")
 flags.DEFINE_bool("lossless", False, "Write FFV1 in .mkv (frame-exact; the left output then "
-                  "equals the input) instead of H.264 CRF 18 in .mp4")
+                  "equals the input) instead of --codec at --crf; --container, if given, must "
+                  "be mkv, and --pix_fmt yuv420p")
 flags.DEFINE_bool("write_disparity", False, "Also write disparity.npy: the pixel disparity "
                   "used, float32 [T, H, W] at the source size")
 flags.DEFINE_integer("devices", None, "Local devices the stereo windows are batched over, one "
@@ -143,6 +148,15 @@ def _configs():
     return sampling, depth, cf.stereo_config(), footage.validate()
 
 
+def _delivery(info):
+    """(EncodeConfig, container suffix) of one video: the encoding flags at its frame rate."""
+    if FLAGS.lossless and FLAGS["container"].present and FLAGS.container != "mkv":
+        raise ValueError(f"--container: --lossless writes FFV1, which goes in mkv; got "
+                         f"--container={FLAGS.container}")
+    encode = cf.encode_config(info.fps, lossless=FLAGS.lossless)
+    return encode, ".mkv" if FLAGS.lossless else cf.container_suffix()
+
+
 def main(argv):
     del argv
     if FLAGS.distributed:             # before any other JAX call
@@ -150,17 +164,20 @@ def main(argv):
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                    FLAGS.process_id)
     cf.enable_compilation_cache(FLAGS.compilation_cache_dir)
+    from szero_jax import io  # pylint: disable=import-outside-toplevel
     from szero_jax.io import stream  # pylint: disable=import-outside-toplevel
     from szero_jax.pipelines import footage_job as J  # pylint: disable=import-outside-toplevel
-    out = cf.check_output_dir(FLAGS.output_dir)
     layouts = tuple(f for f in cf.formats(FLAGS.format))
     sampling, depth, stereo, footage = _configs()
     sources, folder = _inputs()
     infos = [stream.probe_video(p, "--input") for p in sources]    # every input, before work
+    deliveries = [_delivery(info) for info in infos]
+    out = cf.check_output_dir(FLAGS.output_dir)
     models = _models()
     prompt = _prompt(models)
-    jobs = [J.FootageJob(info, prompt, sampling, depth, stereo, footage, _depth_for(src), layouts)
-            for info, src in zip(infos, sources)]
+    jobs = [J.FootageJob(info, prompt, sampling, depth, stereo, footage, _depth_for(src), layouts,
+                         encode, container)
+            for info, src, (encode, container) in zip(infos, sources, deliveries)]
     for job in jobs:                   # every check of every video before any conversion
         J.check_job(models, job)
     written = []
@@ -177,8 +194,11 @@ def main(argv):
                 continue
             summary["checkpoint"] = ("random (testing)" if FLAGS.random_weights_for_testing
                                      else cf.checkpoint_path(FLAGS.checkpoint) or "tiny family")
-            summary["files"].append({"path": "summary.json", "role": "summary"})
+            summary["files"] += [{"path": "summary.json", "role": "summary"},
+                                 {"path": "report.html", "role": "report"}]
             (tmp / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+            io.report.write_report(tmp / "report.html", J.report_frames(out / WORK / src.stem),
+                                   summary, title=f"StereoCrafter-Zero footage: {src.name}")
         import shutil  # pylint: disable=import-outside-toplevel
         shutil.rmtree(out / WORK / src.stem, ignore_errors=True)
         written += [target / f["path"] for f in summary["files"]]

@@ -1,9 +1,11 @@
 """What generate delivers: VR-player file names, stereo tags read back from the mp4 / mkv it
 writes, summary records that match the files, report.html rendered in Chromium; the
-encoding flags' bad values (README Bad input rows). The pipeline is stubbed (instant) except
-in the slow test, which runs `make demo`'s command as it is."""
+encoding flags' bad values for generate and convert_video (README Bad input rows). The
+pipeline is stubbed (instant) except in the slow test, which runs `make demo`'s command as
+it is. convert_video's delivered files: tests/test_convert_video.py."""
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -117,6 +119,53 @@ def test_bad_encoding_flags_are_refused_at_parsing(flag, match):
             flags.FLAGS(["generate", flag])
     finally:
         flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize("flag, match", [
+    ("--codec=vp9", r"flag --codec=vp9: value should be one of <h264\|h265>"),
+    ("--crf=60", r"flag --crf=60: 60.0 is not a number in the range \[0.0, 51.0\]"),
+    ("--pix_fmt=yuv444p", r"flag --pix_fmt=yuv444p: value should be one of "
+                          r"<yuv420p\|yuv420p10le>"),
+    ("--container=avi", r"flag --container=avi: value should be one of <mp4\|mkv>"),
+])
+def test_convert_video_refuses_bad_encoding_flags(flag, match):
+    """The same shared flags, as convert_video parses them (its own process)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "experiments.convert_video", flag,
+                           "--input=missing.mp4"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1
+    assert re.search("FATAL Flags parsing error: " + match, proc.stderr), proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args, match", [
+    (("--lossless", "--container=mp4"), r"--container: --lossless writes FFV1, which goes in "
+                                        r"mkv; got --container=mp4"),
+    (("--lossless", "--pix_fmt=yuv420p10le"), r"--pix_fmt: lossless writes 8-bit RGB \(FFV1 "
+                                              r"gbrp\); leave pix_fmt at 'yuv420p' with "
+                                              r"lossless, got 'yuv420p10le'"),
+])
+def test_convert_video_bad_lossless_combinations_fail_before_any_work(tmp_path, monkeypatch,
+                                                                     args, match):
+    from absl import flags
+    from experiments import convert_video
+    from szero_jax.io import EncodeConfig, VideoWriter
+    video = tmp_path / "in.mkv"
+    with VideoWriter(video, EncodeConfig(fps=24, lossless=True)) as w:
+        w.write(np.zeros((2, 16, 16, 3), np.uint8))
+
+    def no_models():
+        raise AssertionError("models were loaded")
+    monkeypatch.setattr(convert_video, "_models", no_models)
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(["convert_video", f"--input={video}", f"--output_dir={tmp_path / 'out'}",
+                     *args])
+        with pytest.raises(ValueError, match=match):
+            convert_video.main(["convert_video"])
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("fps", ["0", "-8", "nan"])

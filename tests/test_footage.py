@@ -159,3 +159,43 @@ def test_footage_config_validation():
     with pytest.raises(ValueError, match="overlap: expected an overlap in \\[0, 7\\]"):
         F.FootageConfig(overlap=8).overlap_for(8)
     assert F.FootageConfig().overlap_for(8) == 4 and F.FootageConfig().overlap_for(110) == 55
+
+
+def test_report_sampler_frames_histogram_and_resume(tmp_path):
+    """footage_report: the frames ReportFrames.sample would pick, shrunk by block means to
+    at most 640 px wide, and a histogram of every pixel of every frame, continued across a
+    resume (state / load) exactly as one pass."""
+    from szero_jax.io.report import HIST_BINS, ReportFrames
+    from szero_jax.pipelines import footage_report as R
+    rng = np.random.RandomState(0)
+    t, h, w = 21, 6, 1300                       # ceil(1300 / 640) = 3: 2 x 433 frames
+    left, right = (rng.randint(0, 256, (t, h, w, 3)).astype(np.uint8) for _ in range(2))
+    d = rng.uniform(-2, 5, (t, h, w)).astype(np.float32)
+    holes = rng.rand(t, h, w) > 0.95
+    first = R.ReportSampler(t, w, (-2.0, 5.0))
+    for s in range(0, 16, 8):
+        first.add(s, left[s:s + 8], right[s:s + 8], d[s:s + 8], holes[s:s + 8])
+    np.savez(tmp_path / "report_000000.npz", **first.take())
+    assert first.take() is None
+    second = R.ReportSampler(t, w, (-2.0, 5.0))      # a resumed run
+    second.load(first.state())
+    second.add(16, left[16:], right[16:], d[16:], holes[16:])
+    np.savez(tmp_path / "report_000001.npz", **second.take())
+    frames = R.report_frames(tmp_path, second.state())
+    want = ReportFrames.sample(left, right, d, holes, count=4)
+    assert frames.indices == want.indices == (0, 7, 13, 20)
+    counts, edges = frames.histogram
+    np.testing.assert_array_equal(counts, np.histogram(d, HIST_BINS, range=(-2, 5))[0])
+    assert counts.sum() == t * h * w
+    np.testing.assert_allclose(edges, np.linspace(-2, 5, HIST_BINS + 1))
+    assert frames.left.shape == (4, 2, 433, 3) and frames.left.dtype == np.uint8
+    block = left[13, 3:6, 6:9].reshape(-1, 3).astype(np.float32).mean(0)
+    np.testing.assert_array_equal(frames.left[2, 1, 2], np.round(block).astype(np.uint8))
+    np.testing.assert_allclose(frames.disparity[3, 0, 0], d[20, :3, :3].mean(), rtol=1e-6)
+    assert frames.holes[1, 0, 0] == holes[7, :3, :3].any()
+    flat = R.ReportSampler(3, 64, (1.5, 1.5))         # a flat disparity: one bin around it
+    assert flat.range == (1.0, 2.0) and flat.factor == 1
+    with pytest.raises(ValueError, match="pixel_range: expected finite"):
+        R.ReportSampler(3, 64, (0.0, float("nan")))
+    with pytest.raises(ValueError, match="does not continue"):
+        R.ReportSampler(t, w, (-2.0, 6.0)).load(first.state())

@@ -1,18 +1,18 @@
-"""Streaming video through FFmpeg: probe, read and write frames in chunks, so that memory
-does not depend on a video's length, with the source's audio passed through.
+"""Streaming video in through FFmpeg: probe a video and read its frames in chunks, so that
+memory does not depend on its length. Writing goes through ``io.encode`` (``VideoWriter``
+streams frames out, ``mux`` joins segments with the stereo tags and the source's audio:
+pass it a ``VideoInfo`` as ``audio_from``).
 
 Why FFmpeg as a subprocess (imageio-ffmpeg's static binary) rather than PyAV: it is already
-the project's FFmpeg (``io.video``), and its build ships every encoder the converter needs
-(libx264, libx265, FFV1, AAC, Opus, FLAC; checked with ``ffmpeg -encoders``). PyAV 18.1's
-manylinux wheels also bundle libx264 / libx265 (checked in the wheel's ``av.libs``), but
-would add a second copy of FFmpeg's libraries for what pipes already do.
+the project's FFmpeg (``io.video``, ``io.encode``), and its build ships every codec the
+converter needs (libx264, libx265, FFV1, AAC, Opus, FLAC; checked with ``ffmpeg
+-encoders``). PyAV 18.1's manylinux wheels also bundle libx264 / libx265 (checked in the
+wheel's ``av.libs``), but would add a second copy of FFmpeg's libraries for what pipes
+already do.
 
     info = probe_video(path)                    # size, exact fps, frame count, audio codec
     with FrameReader(info) as reader:           # uint8 [n, H, W, 3] chunks, in order
         for chunk in reader.chunks(8): ...
-    with FrameWriter(out, info.width, info.height, info.fps, lossless=True) as w:
-        w.write(frames_uint8)
-    mux(out_final, [segment paths], audio_from=info)   # concatenate segments, add audio
 
 Frames are read as stored (``-noautorotate``: the rotation flag of phone videos is not
 applied) and every decoded frame is kept (``-fps_mode passthrough``), so the count the
@@ -20,29 +20,19 @@ probe reports is the count the reader yields.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 import re
 import subprocess
 import tempfile
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional
 
 import imageio_ffmpeg
 import numpy as np
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
-CRF = 18  # x264 "visually lossless" (x264 docs); io.write_video uses the same
-LOSSLESS_CODEC = ("ffv1", "gbrp")   # FFV1 (level 3) on planar RGB: bit-exact frames
-LOSSY_CODEC = ("libx264", "yuv420p")
-# No random container ids (Matroska's SegmentUID) or version strings: the same frames give
-# the same bytes, so resumed and multi-device outputs can be compared file for file.
-BITEXACT = ("-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact")
-# Audio codecs mp4 carries as they are; others are re-encoded to AAC there (mkv takes any).
-MP4_AUDIO = ("aac", "mp3", "ac3", "eac3", "opus", "flac", "alac")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,96 +153,6 @@ class FrameReader:
     def chunks(self, size: int) -> Iterator[np.ndarray]:
         while self.position < self.info.frames:
             yield self.read(size)
-
-
-def _audio_args(container: str, audio_from: Optional[VideoInfo]) -> list:
-    if audio_from is None or audio_from.audio_codec is None:
-        return ["-an"]
-    copy = container != ".mp4" or audio_from.audio_codec in MP4_AUDIO
-    return ["-map", "1:a:0", "-c:a", "copy" if copy else "aac"]
-
-
-class FrameWriter:
-    """An FFmpeg encoder fed uint8 frames [n, H, W, 3]: FFV1 on planar RGB when ``lossless``
-    (bit-exact; use .mkv), else H.264 CRF 18 yuv420p (H, W even). ``audio_from``: a source
-    whose first audio stream is passed through. Use as a context manager: on an error the
-    process is killed and the file deleted; write to a temporary name and rename it once
-    complete (``io.atomic_output``)."""
-
-    def __init__(self, path, width: int, height: int, fps: Fraction, lossless: bool = False,
-                 audio_from: Optional[VideoInfo] = None):
-        if not lossless and (width % 2 or height % 2):
-            raise ValueError(f"frames: H.264 (yuv420p) needs an even width and height, got "
-                             f"{width}x{height}")
-        self.path, self.size = Path(path), (int(height), int(width))
-        codec, pix = LOSSLESS_CODEC if lossless else LOSSY_CODEC
-        quality = ["-level", "3", "-g", "1"] if lossless else ["-crf", str(CRF), "-preset", "medium"]
-        audio_in = [] if audio_from is None or audio_from.audio_codec is None else [
-            "-i", audio_from.path]
-        self._cmd = [FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y", "-f", "rawvideo",
-                     "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
-                     *audio_in, "-map", "0:v:0", "-c:v", codec, "-pix_fmt", pix, *quality,
-                     *_audio_args(self.path.suffix.lower(), audio_from), *BITEXACT,
-                     str(self.path)]
-        self.frames = 0
-
-    def __enter__(self):
-        self._err = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(self._cmd, stdin=subprocess.PIPE, stderr=self._err)
-        return self
-
-    def write(self, frames) -> None:
-        frames = np.ascontiguousarray(frames)
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != self.size + (3,):
-            raise ValueError(f"frames: expected uint8 [n, {self.size[0]}, {self.size[1]}, 3], got "
-                             f"{frames.dtype} {frames.shape}")
-        try:
-            self._proc.stdin.write(frames.tobytes())
-        except BrokenPipeError as err:
-            raise OSError(f"encoding {str(self.path)!r} failed: {self._stderr()}") from err
-        self.frames += frames.shape[0]
-
-    def _stderr(self) -> str:
-        self._err.seek(0)
-        return _tail(self._err.read().decode(errors="replace"))
-
-    def __exit__(self, exc_type, *exc):
-        with contextlib.suppress(BrokenPipeError):
-            self._proc.stdin.close()
-        if exc_type is not None:
-            self._proc.kill()
-        code = self._proc.wait()
-        message = self._stderr()
-        self._err.close()
-        if exc_type is not None or code:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.path)
-        if exc_type is None and code:
-            raise OSError(f"encoding {str(self.path)!r} failed (ffmpeg exit {code}): {message}")
-
-
-def mux(path, segments: Sequence, audio_from: Optional[VideoInfo] = None) -> Path:
-    """Concatenate encoded video ``segments`` (same codec and size, in order) into ``path``
-    without re-encoding (FFmpeg's concat demuxer), adding ``audio_from``'s first audio
-    stream. ``path`` is written as is: pass a temporary name and rename it when done."""
-    path = Path(path)
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as listing:
-        for seg in segments:
-            listing.write("file '" + str(Path(seg).resolve()).replace("'", r"'\''") + "'\n")
-    audio_in = [] if audio_from is None or audio_from.audio_codec is None else [
-        "-i", audio_from.path]
-    cmd = [FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y", "-f", "concat", "-safe", "0",
-           "-i", listing.name, *audio_in, "-map", "0:v:0", "-c:v", "copy",
-           *_audio_args(path.suffix.lower(), audio_from), *BITEXACT, str(path)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, errors="replace", check=False)
-    finally:
-        os.remove(listing.name)
-    if done.returncode:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
-        raise OSError(f"muxing {str(path)!r} failed: {_tail(done.stderr)}")
-    return path
 
 
 def streams(path) -> list[str]:

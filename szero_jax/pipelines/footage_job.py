@@ -17,9 +17,14 @@ Passes (frames stream through FFmpeg in chunks; nothing holds the whole video):
 3. **Assembly**, interleaved with 2 as windows finish: fixed segments of frames, each a
    weighted blend of the windows covering a frame (``footage.frame_weights``), upsampled to
    the source size, composited (``composite.composite_right``; or the upsampled right view
-   itself for ``right="latent"``), encoded per output role and committed with its metrics.
-4. **Mux.** The segments of each role are concatenated without re-encoding, with the
-   source's audio, into the output folder.
+   itself for ``right="latent"``), encoded per output role (``io.encode.VideoWriter`` with
+   the job's ``EncodeConfig`` at the source frame rate) and committed with its metrics and
+   the report's sampled frames.
+4. **Mux.** The segments of each role are concatenated without re-encoding
+   (``io.encode.mux``) into the output folder, named for VR players (``io.output_name``:
+   ``left.mp4``, ``sbs_LRF_Full_SBS.mp4``, ...), with the layout's stereo tags (mp4 ``st3d``,
+   Matroska StereoMode) and the source's audio. ``report_frames(work_dir)`` gives what
+   ``io.report.write_report`` shows.
 
 Resume. Every result is written to a temporary name and renamed, and a segment counts only
 once its record (``seg_*.json``) exists, so after Ctrl-C, SIGKILL or a failing write the
@@ -41,6 +46,7 @@ import os
 import shutil
 import time
 import uuid
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
@@ -51,8 +57,12 @@ import numpy as np
 from szero_jax import metrics
 from szero_jax.io import stereo as io_stereo
 from szero_jax.io.arrays import to_uint8
-from szero_jax.io.stream import FrameReader, FrameWriter, VideoInfo, mux, probe_video
+from szero_jax.io.delivery import file_record, output_name
+from szero_jax.io.encode import CONTAINERS, EncodeConfig, VideoWriter, mux
+from szero_jax.io.report import ReportFrames
+from szero_jax.io.stream import FrameReader, VideoInfo, probe_video
 from szero_jax.pipelines import footage as F
+from szero_jax.pipelines import footage_report
 from szero_jax.pipelines import stages as S
 from szero_jax.pipelines.bundles import VideoModels
 from szero_jax.pipelines.common import StageTimer, check_config, check_prompt
@@ -63,7 +73,7 @@ from szero_jax.stereo import StereoCrafterZeroConfig, blur_depth, build_events
 
 CHUNK = 8            # frames per jitted resize / composite call (padded: one compile)
 POLL_S = 2.0         # several hosts: how often process 0 looks for the others' windows
-LAYOUT_ROLES = ("sbs", "half-sbs", "tb", "half-tb", "anaglyph", "anaglyph-dubois")
+LAYOUT_ROLES = io_stereo.LAYOUTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +87,10 @@ class FootageJob:
     footage: F.FootageConfig = F.FootageConfig()
     depth_file: Optional[str] = None      # a .npy [T, H, W] or a grayscale video
     layouts: tuple = ("sbs",)             # io.stereo layouts written besides left / right
+    # None: H.264 CRF 18 (EncodeConfig's defaults), or FFV1 with footage.lossless, at the
+    # source's frame rate; a given config must have the source's fps and footage.lossless
+    encode: Optional[EncodeConfig] = None
+    container: Optional[str] = None       # ".mp4" / ".mkv"; None: ".mkv" if lossless else ".mp4"
 
 
 Progress = Optional[Callable[[str, int, int], None]]   # (stage, frames done, frames total)
@@ -119,6 +133,8 @@ class _Plan(NamedTuple):
     depth_windows: tuple         # () with a given depth
     depth_overlap: int
     depth_input: object          # None (model) or check_depth_file's result
+    encode: EncodeConfig         # resolved: the source's fps, footage.lossless
+    container: str               # ".mp4" or ".mkv"
 
 
 def check_job(models: VideoModels, job: FootageJob) -> _Plan:
@@ -142,6 +158,7 @@ def check_job(models: VideoModels, job: FootageJob) -> _Plan:
     for layout in job.layouts:
         if layout not in LAYOUT_ROLES:
             raise ValueError(f"layouts: expected a subset of {LAYOUT_ROLES}, got {layout!r}")
+    encode, container = check_delivery(job)
     sampling = S.resolve(models, job.sampling)
     if job.stereo.guidance_rescale is not None:
         sampling = dataclasses.replace(sampling, guidance_rescale=job.stereo.guidance_rescale)
@@ -168,15 +185,37 @@ def check_job(models: VideoModels, job: FootageJob) -> _Plan:
         depth_overlap = job.footage.overlap_for(dlen)
         depth_windows = F.plan_windows(info.frames, dlen, depth_overlap)
     return _Plan(sampling, depth, F.Letterbox((info.height, info.width), model_hw), windows,
-                 overlap, depth_windows, depth_overlap, depth_input)
+                 overlap, depth_windows, depth_overlap, depth_input, encode, container)
+
+
+def check_delivery(job: FootageJob) -> tuple:
+    """The job's (EncodeConfig, container suffix), resolved and checked: the source's frame
+    rate is kept, lossless (FFV1) goes in .mkv."""
+    lossless, fps = job.footage.lossless, job.source.fps
+    encode = EncodeConfig(fps=fps, lossless=lossless) if job.encode is None else job.encode
+    if not isinstance(encode, EncodeConfig):
+        raise ValueError(f"encode: expected an io.EncodeConfig, got {type(encode).__name__}")
+    encode.validate()
+    if encode.lossless != lossless:
+        raise ValueError(f"encode: lossless={encode.lossless} but footage.lossless={lossless}; "
+                         f"set both alike")
+    if encode.rate != fps:
+        raise ValueError(f"encode: fps {encode.rate} differs from the source's {fps}; footage "
+                         f"keeps the source frame rate")
+    container = job.container or (".mkv" if lossless else ".mp4")
+    if container not in CONTAINERS:
+        raise ValueError(f"container: expected one of {CONTAINERS}, got {container!r}")
+    if lossless and container != ".mkv":
+        raise ValueError(f"container: lossless (FFV1) is written to '.mkv', got {container!r}")
+    return encode, container
 
 
 def roles(job: FootageJob) -> tuple:
     return ("left", "right") + tuple(dict.fromkeys(job.layouts))
 
 
-def output_name(job: FootageJob, role: str) -> str:
-    return f"{role}{'.mkv' if job.footage.lossless else '.mp4'}"
+def _layout(role: str) -> Optional[str]:
+    return role if role in LAYOUT_ROLES else None
 
 
 # ----------------------------------------------------------------------------- work folder
@@ -190,7 +229,12 @@ def _settings(job: FootageJob, plan: _Plan) -> dict:
             "prompt": job.prompt, "depth_file": stat(job.depth_file) if job.depth_file else None,
             "sampling": dataclasses.asdict(plan.sampling), "depth": dataclasses.asdict(plan.depth),
             "stereo": dataclasses.asdict(job.stereo), "footage": dataclasses.asdict(job.footage),
-            "layouts": list(job.layouts), "version": 1}
+            "layouts": list(job.layouts), "encode": _encode_settings(plan.encode),
+            "container": plan.container, "version": 2}
+
+
+def _encode_settings(encode: EncodeConfig) -> dict:
+    return {k: str(v) if k == "fps" else v for k, v in dataclasses.asdict(encode).items()}
 
 
 def _atomic_save(path: Path, write: Callable[[Path], None]) -> None:
@@ -471,9 +515,25 @@ def _assemble(left_u8, d_src, fill_model, letterbox, composite: CompositeConfig,
     return right_u8, comp.holes, lrc, ctrl
 
 
+def _pixel_range(disparity: Disparity, width: int) -> tuple:
+    """Every value the source-size disparity can take: normalised maps span
+    ``to_pixels`` of [0, 1]; ``disparity_px`` maps their own (blurring stays inside it)."""
+    d = disparity.plan.depth
+    if disparity.from_model or disparity.bounds is not None:
+        ends = [float(F.to_pixels(v, d.max_disparity, width, d.convergence)) for v in (0.0, 1.0)]
+        return min(ends), max(ends)
+    lo, hi = np.inf, -np.inf
+    for s in range(0, disparity.total, 64):
+        block = np.asarray(disparity.raw[s:s + 64], np.float32)
+        lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+    return lo, hi
+
+
 class _Assembler:
-    """Pass 3: fixed segments of frames, each blended, composited, encoded per role and
-    committed (``segments/seg_<k>.json``, written last)."""
+    """Pass 3: fixed segments of frames, each blended, composited, encoded per role
+    (``io.encode.VideoWriter``, ``segments/<role>_<k>.mkv``) and committed with the running
+    metrics and the report's histogram (``segments/seg_<k>.json``, written last) and its
+    sampled frames (``segments/report_<k>.npz``)."""
 
     def __init__(self, job: FootageJob, plan: _Plan, disparity: Disparity, work: Path,
                  timer: StageTimer, progress: Progress):
@@ -487,9 +547,12 @@ class _Assembler:
                       "d_max": -np.inf, "d_sum": 0.0}
         self.done = committed_segments(work)
         self.prev = None         # (right_u8, holes) of the last assembled frame
+        self.report = footage_report.ReportSampler(t_total, job.source.width,
+                                                   _pixel_range(disparity, job.source.width))
         if self.done:
             rec = json.loads((self.sdir / f"seg_{self.done - 1:06d}.json").read_text())
             self.seams.load(rec["seams"])
+            self.report.load(rec["report"])
             self.stats = {k: (float(v) if k != "frames" else int(v)) for k, v in rec["stats"].items()}
             last = np.load(self.sdir / f"last_{self.done - 1:06d}.npz")
             self.prev = (last["right"], last["holes"])
@@ -546,18 +609,14 @@ class _Assembler:
                 self.progress("assemble", a, job.source.frames)
         if self.reader.position < a:
             self.reader.skip(a - self.reader.position)
-        names = {r: self.sdir / f"{r}_{k:06d}.mkv" for r in roles(job)}
-        tmp = {r: p.with_name(f".{p.stem}.tmp.mkv") for r, p in names.items()}
         comp = job.footage.composite
         info = job.source
-        blank = np.zeros((1, info.height, info.width, 3), np.uint8)
         with contextlib.ExitStack() as stack:
-            writers = {}
-            for r, p in tmp.items():
-                shape = blank.shape if r in ("left", "right") else \
-                    io_stereo.stereo_layout(blank, blank, r).shape
-                writers[r] = stack.enter_context(FrameWriter(p, shape[2], shape[1], info.fps,
-                                                             job.footage.lossless))
+            # each file appears when complete (VideoWriter writes atomically); the segment
+            # counts once its record exists. Tags and audio are added by the final mux.
+            writers = {r: stack.enter_context(VideoWriter(self.sdir / f"{r}_{k:06d}.mkv",
+                                                          plan.encode, layout=_layout(r)))
+                       for r in roles(job)}
             for s in range(a, b, CHUNK):
                 e = min(s + CHUNK, b)
                 left = self.reader.read(e - s)
@@ -569,6 +628,7 @@ class _Assembler:
                 right, holes = np.asarray(right)[:e - s], np.asarray(holes)[:e - s]
                 self._measure(s, right, holes, np.asarray(lrc)[:e - s],
                               np.asarray(ctrl)[:e - s], d_src)
+                self.report.add(s, left, right, d_src, holes)
                 if self._disparity_out is not None:
                     self._disparity_out[s:e] = d_src
                 start = time.perf_counter()
@@ -579,14 +639,18 @@ class _Assembler:
                                                + time.perf_counter() - start)
                 if self.progress:
                     self.progress("assemble", e, info.frames)
-        for r in names:
-            os.replace(tmp[r], names[r])
+            start = time.perf_counter()
+        self.timer.timings["write"] += time.perf_counter() - start   # the writers' muxes
         if self._disparity_out is not None:
             self._disparity_out.flush()
         last = self.sdir / f"last_{k:06d}.npz"
         _atomic_save(last, lambda p: np.savez(p, right=self.prev[0], holes=self.prev[1]))
+        kept = self.report.take()
+        if kept is not None:
+            _atomic_save(self.sdir / f"report_{k:06d}.npz", lambda p: np.savez(p, **kept))
         _save_json(self.sdir / f"seg_{k:06d}.json", {"frames": [a, b], "seams": self.seams.state(),
-                                                     "stats": self.stats})
+                                                     "stats": self.stats,
+                                                     "report": self.report.state()})
         self.done += 1
         self._release(b)
 
@@ -670,9 +734,10 @@ def convert_video(models: VideoModels, job: FootageJob, work_dir, out_dir, *,
                   devices: Optional[int] = None, resume: bool = False,
                   progress: Progress = None) -> Optional[dict]:
     """Convert ``job.source`` (see the module docstring); the outputs (``roles(job)``, named
-    by ``output_name``) are written into ``out_dir`` (use a staging folder: they are
-    complete when this returns), the intermediate results into ``work_dir``. Returns the
-    summary (None on processes other than 0)."""
+    by ``io.output_name``, tagged, with the source's audio) are written into ``out_dir``
+    (use a staging folder: they are complete when this returns), the intermediate results
+    into ``work_dir`` (``report_frames(work_dir)`` reads the report's frames from it).
+    Returns the summary (None on processes other than 0)."""
     start = time.perf_counter()
     plan = check_job(models, job)
     mesh = window_mesh(devices)
@@ -697,10 +762,13 @@ def convert_video(models: VideoModels, job: FootageJob, work_dir, out_dir, *,
         return None
     t0 = time.perf_counter()
     files = []
+    # exact segment lengths: no drift from Matroska's 1 ms timestamps against the audio
+    durations = [Fraction(b - a) / job.source.fps for a, b in assembler.segments]
     for r in roles(job):
         segs = [work / "segments" / f"{r}_{k:06d}.mkv" for k in range(len(assembler.segments))]
-        mux(out_dir / output_name(job, r), segs, audio_from=job.source)
-        files.append({"path": output_name(job, r), "role": r})
+        name = output_name(r, plan.container)
+        mux(out_dir / name, segs, layout=_layout(r), audio_from=job.source, durations=durations)
+        files.append(file_record(r, name, plan.container, plan.encode))
     if assembler.disparity_file is not None:
         assembler._disparity_out.flush()              # pylint: disable=protected-access
         assembler._disparity_out = None               # pylint: disable=protected-access
@@ -710,8 +778,8 @@ def convert_video(models: VideoModels, job: FootageJob, work_dir, out_dir, *,
     total = time.perf_counter() - start
     stage_total = sum(timer.timings.values())
     return {
-        "input": job.source.path, "frames": job.source.frames, "width": job.source.width,
-        "height": job.source.height, "fps": str(job.source.fps),
+        "input": job.source.path, "prompt": job.prompt, "frames": job.source.frames,
+        "width": job.source.width, "height": job.source.height, "fps": str(job.source.fps),
         "audio": job.source.audio_codec, "files": files,
         "windows": {"stereo": len(plan.windows), "stereo_length": models.num_frames,
                     "overlap": plan.overlap, "depth": len(plan.depth_windows),
@@ -725,9 +793,22 @@ def convert_video(models: VideoModels, job: FootageJob, work_dir, out_dir, *,
                      "depth": dataclasses.asdict(plan.depth),
                      "stereo": dataclasses.asdict(job.stereo),
                      "footage": dataclasses.asdict(job.footage), "depth_file": job.depth_file,
-                     "layouts": list(job.layouts), "prompt": job.prompt},
+                     "layouts": list(job.layouts), "prompt": job.prompt,
+                     "encode": _encode_settings(plan.encode), "container": plan.container},
         "timings_s": {**timer.timings, "total_wall": total},
         "stage_share": {k: v / stage_total for k, v in timer.timings.items()},
         "frames_per_second": job.source.frames / total,
         "metrics": assembler.metrics(),
     }
+
+
+def report_frames(work_dir) -> ReportFrames:
+    """What report.html shows of the conversion finished in ``work_dir`` (before it is
+    removed): the sampled frames of the outputs, their disparity and holes, and the
+    histogram of the whole video's disparity (``footage_report``)."""
+    sdir = Path(work_dir) / "segments"
+    last = committed_segments(Path(work_dir)) - 1
+    if last < 0:
+        raise FileNotFoundError(f"work_dir: no committed segments in {str(sdir)!r}")
+    state = json.loads((sdir / f"seg_{last:06d}.json").read_text())["report"]
+    return footage_report.report_frames(sdir, state)
