@@ -52,8 +52,9 @@ class FootageConfig:
                                         # "latent" (the method's decoded right view, upsampled)
     overlap: Optional[int] = None       # frames shared by consecutive windows; None: half
                                         # the window (DepthCrafter: 25 of 110; a quarter
-                                        # leaves seams 1.4x the within-window change on the
-                                        # tiny family, half 1.05x: benchmark_footage overlap)
+                                        # leaves seams 1.38x the within-window change on the
+                                        # tiny family, half 1.05x, three quarters 0.98x at
+                                        # 1.9x the windows of half: benchmark_footage overlap)
     depth_window: Optional[int] = None  # frames per depth-model call; None: the depth
                                         # UNet's clip length (DepthCrafter's infer: 110)
     composite: CompositeConfig = CompositeConfig()
