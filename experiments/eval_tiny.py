@@ -27,6 +27,7 @@ from PIL import Image
 from szero_jax import world
 from szero_jax.geometry import minmax_signed
 from szero_jax.io.atomic import atomic_output
+from szero_jax.metrics import lpips
 from szero_jax.models.clip import preprocess_image
 from szero_jax.pipelines import stages
 from szero_jax.pipelines.bundles import VideoModels, load_video_models
@@ -97,15 +98,18 @@ def roundtrip(models: VideoModels, video01):
 # ----------------------------------------------------------------------------- per network
 def eval_vae(models: VideoModels, clips: HeldOut):
     """PSNR of the VAE's round trip of frames and of the min-max disparity maps (the depth
-    model's input) -> (metrics, the round-tripped disparity [N, T, H, W] in [-1, 1])."""
+    model's input), and LPIPS (AlexNet) of the frames -> (metrics, the round-tripped
+    disparity [N, T, H, W] in [-1, 1])."""
     dmap01 = np.repeat((np.asarray(minmax_signed(clips.disparity, axes=(1, 2, 3)))[..., None]
                         + 1.0) / 2.0, 3, -1)
     signed = lambda x: 2.0 * x - 1.0
     rec, drec = roundtrip(models, clips.video01), roundtrip(models, dmap01)
     m = {"vae_psnr_frames_db": float(np.mean(psnr(rec, signed(clips.video01)))),
-         "vae_psnr_disparity_db": float(np.mean(psnr(drec, signed(dmap01))))}
-    logging.info("VAE PSNR frames %.2f dB, disparity maps %.2f dB", m["vae_psnr_frames_db"],
-                 m["vae_psnr_disparity_db"])
+         "vae_psnr_disparity_db": float(np.mean(psnr(drec, signed(dmap01)))),
+         "vae_lpips_frames": float(np.mean(lpips((np.clip(rec, -1, 1) + 1.0) / 2.0,
+                                                 clips.video01)))}
+    logging.info("VAE PSNR frames %.2f dB, disparity maps %.2f dB, LPIPS frames %.4f",
+                 m["vae_psnr_frames_db"], m["vae_psnr_disparity_db"], m["vae_lpips_frames"])
     return m, drec.mean(-1)
 
 

@@ -312,13 +312,25 @@ class VAEConfig:
     use_post_quant_conv: bool = True  # AutoencoderKL default; lvdm AutoencoderKL always has it
     mid_block_add_attention: bool = True  # AutoencoderKL default; lvdm mid.attn_1
     scaling_factor: float = 0.18215  # AutoencoderKL default; inference_512_v1.0.yaml scale_factor
+    # Project option: the decoder's widths, one per level like block_out_channels (so the same
+    # latent size and interface); None = block_out_channels, as in every released VAE.
+    decoder_block_out_channels: Optional[Tuple[int, ...]] = None
+
+    @property
+    def decoder_channels(self) -> Tuple[int, ...]:
+        return self.decoder_block_out_channels or self.block_out_channels
 
     def __post_init__(self):
         if not self.block_out_channels:
             raise ValueError("block_out_channels must not be empty")
-        if any(c % self.norm_num_groups for c in self.block_out_channels):
-            raise ValueError(f"norm_num_groups ({self.norm_num_groups}) must divide every "
-                             f"block_out_channels entry {self.block_out_channels}")
+        for name in ("block_out_channels", "decoder_block_out_channels"):
+            widths = getattr(self, name) or ()
+            if any(c % self.norm_num_groups for c in widths):
+                raise ValueError(f"norm_num_groups ({self.norm_num_groups}) must divide every "
+                                 f"{name} entry {widths}")
+        if len(self.decoder_channels) != len(self.block_out_channels):
+            raise ValueError(f"decoder_block_out_channels: expected {len(self.block_out_channels)} "
+                             f"levels like block_out_channels, got {self.decoder_block_out_channels}")
 
     @classmethod
     def from_lvdm(cls, ddconfig: dict, embed_dim: int) -> "VAEConfig":

@@ -154,7 +154,7 @@ class AutoencoderKL(nn.Module):
         c = self.config
         self.encoder = Encoder(c.block_out_channels, c.layers_per_block, c.latent_channels,
                                c.norm_num_groups, c.mid_block_add_attention, self.dtype)
-        self.decoder = Decoder(c.block_out_channels, c.layers_per_block, c.out_channels,
+        self.decoder = Decoder(c.decoder_channels, c.layers_per_block, c.out_channels,
                                c.norm_num_groups, c.mid_block_add_attention, self.dtype)
         if c.use_quant_conv:
             # setup(): named by the attribute, hence name None
