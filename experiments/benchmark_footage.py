@@ -79,11 +79,15 @@ def make_clip(folder: Path, frames: int, height: int, width: int, audio: bool = 
     return video, disparity, scene
 
 
-def convert(args, env_devices: int | None = None, timeout: int = 5400):
-    """Run the converter; returns (CompletedProcess, peak RSS of it in MB)."""
+def convert(args, env_devices: int | None = None, timeout: int = 5400,
+            threads: int | None = None):
+    """Run the converter; returns (CompletedProcess, peak RSS of it in MB). ``env_devices``:
+    forced CPU devices; ``threads``: XLA:CPU's intra-op pool (PJRT_NPROC, see ``devices``)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
     if env_devices:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={env_devices}"
+    if threads:
+        env["PJRT_NPROC"] = str(threads)
     wrapper = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
                "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
                "sys.exit(p.returncode)")
@@ -251,13 +255,20 @@ def memory(folder: Path, short: int = 100, long: int = 400, height: int = 160,
 
 # ----------------------------------------------------------------------------- devices
 def devices(folder: Path, frames: int = 40, height: int = 160, width: int = 256) -> dict:
+    """1, 2 and 4 forced CPU devices, each run with XLA:CPU's intra-op thread pool pinned to
+    4 threads: XLA:CPU sizes the one pool its devices share as max(PJRT_NPROC or the cores,
+    devices), and a convolution's rounding depends on the pool's size, so with fewer than 4
+    cores 4 forced devices would otherwise also mean more threads and other rounding (the VAE
+    decoder's 16 -> 3 channel convolution: ~4e-7), whatever the mesh."""
     video, disparity, _ = make_clip(folder, frames, height, width, audio=False)
-    outs = {}
+    outs, wall = {}, {}
     for n in (1, 2, 4):
         out = folder / f"dev{n}"
+        start = time.perf_counter()
         convert(["--input", video, "--output_dir", out, "--depth", disparity, "--depth_kind",
                  "disparity_px", "--blur_sigma", "0", "--steps", "4", "--lossless",
-                 "--devices", n, *FAST], env_devices=n)
+                 "--devices", n, *FAST], env_devices=n, threads=4)
+        wall[n] = time.perf_counter() - start
         outs[n] = {f: (out / f).read_bytes() for f in output_names(".mkv")}
         outs[n]["frames"] = read_all(out / "right.mkv")
     same = {n: all(outs[n][f] == outs[1][f] for f in output_names(".mkv")) for n in (2, 4)}
@@ -266,8 +277,10 @@ def devices(folder: Path, frames: int = 40, height: int = 160, width: int = 256)
     differing = {n: int((d > 0).sum()) for n, d in diff.items()}
     print(f"devices: files identical to 1 device {same}, decoded right views {frames_same}, "
           f"differing uint8 values {differing} of {diff[2].size}, max "
-          f"{ {n: int(d.max()) for n, d in diff.items()} }")
-    return {"bytes_identical": same, "right_frames_identical": frames_same,
+          f"{ {n: int(d.max()) for n, d in diff.items()} }, wall s "
+          f"{ {n: round(t, 1) for n, t in wall.items()} }")
+    return {"bytes_identical": same, "right_frames_identical": frames_same, "wall_s": wall,
+            "threads": 4,
             "right_values_differing": differing, "right_values": int(diff[2].size),
             "right_max_abs_diff": {n: int(d.max()) for n, d in diff.items()}}
 

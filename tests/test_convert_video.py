@@ -364,12 +364,11 @@ def test_resume_after_sigkill_is_identical(tmp_path):
 def test_one_two_four_devices_identical(tmp_path):
     from experiments import benchmark_footage as BF
     res = BF.devices(tmp_path, frames=40)
-    # 2 devices: the same bytes. 4 forced CPU devices: XLA compiles the per-device program
-    # of a 4-way module to other float rounding (3.6e-7 on the decoded views, measured), so
-    # a few uint8 values move by one level (2 of 4.9M measured).
-    assert res["bytes_identical"][2] and res["right_frames_identical"][2]
-    assert res["right_max_abs_diff"][4] <= 1
-    assert res["right_values_differing"][4] <= 1e-5 * res["right_values"]
+    # Each run with XLA:CPU's intra-op pool pinned to 4 threads (BF.devices' docstring; the
+    # per-window program itself: tests/test_footage_devices.py).
+    for n in (2, 4):
+        assert res["bytes_identical"][n] and res["right_frames_identical"][n], res
+        assert res["right_values_differing"][n] == 0
 
 
 @pytest.mark.slow

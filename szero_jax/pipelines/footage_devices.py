@@ -9,6 +9,13 @@ and 4 devices, and a resumed run that batches the remaining windows differently,
 same bits; and the random draws are per window (``jax.random.normal(key, (B, ...))``
 depends on B). A call takes ``N = data size`` windows; callers pad the last call.
 
+On XLA:CPU the bits also depend on the intra-op thread pool its devices share, of
+max(``PJRT_NPROC`` or the cores, devices) threads: a convolution's rounding depends on the
+pool's size (measured; ``xla_cpu_multi_thread_eigen=false`` and an empty
+``xla_cpu_experimental_ynn_fusion_type`` do not remove it). Forcing more CPU devices than
+cores therefore changes the rounding (the VAE decoder's 16 -> 3 channel convolution, ~4e-7)
+unless ``PJRT_NPROC`` pins the pool (tests/test_footage_devices.py); the mesh size does not.
+
 Inside the mapped function the bundle is rebuilt around the traced params (``_bundle``),
 so the stages see their usual ``VideoModels`` and nothing is closed over as a constant.
 """
