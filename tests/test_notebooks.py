@@ -64,6 +64,7 @@ def test_notebook_executes(path, kernel_env, tmp_path):
     assert "Traceback" not in text
     if path.stem == "quickstart":
         assert "left-right consistency" in text and "wrote" in text
+        assert "sbs_LRF_Full_SBS.mp4" in text and "'st3d': 'left_right'" in text   # VR-ready
         assert f"project root: {ROOT}" in text              # the checkout it sits in
         assert "loaded the tiny family from" in text        # the shipped weights, never random
         html = json.dumps([o for c in nb.cells for o in c.get("outputs", [])])
