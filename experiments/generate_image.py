@@ -1,5 +1,6 @@
 """Text / image / depth -> stereo image with StereoDiffusion on a Stable Diffusion checkpoint.
 
+    python -m experiments.generate_image --mode text     # tiny SD, bundled prompt and depth
     python -m experiments.generate_image --mode text --prompt "..." --depth depth.npy \
         --checkpoint ckpt/sd15
     python -m experiments.generate_image --mode image --image photo.png --depth depth.png \
@@ -7,14 +8,18 @@
     python -m experiments.generate_image --mode depth --depth depth.npy --prompt "..." \
         --checkpoint ckpt/sd2_depth
 
-Needs a converted SD checkpoint (unet/, vae/, text_encoder/, tokenizer/): the project ships
-no tiny SD, so without --checkpoint it stops with an error, unless
---random_weights_for_testing is given (random tiny SD weights, noise output; tests only).
+--checkpoint: a converted SD checkpoint (unet/, vae/, text_encoder/, tokenizer/); without it
+the shipped tiny SD (the tiny family's sd_unet on its VAE and text encoder, 80x128 world
+frames; MODEL_CARD.md), or random tiny SD weights with --random_weights_for_testing (noise
+output; tests only). Without --prompt / --image / --depth the bundled held-out world sample
+is used (assets/samples: demo_prompt.txt, demo.png, demo_disparity.npy, its true disparity).
 --depth: .npy [H, W] or a greyscale image; --depth_kind says whether larger values are
 nearer ("disparity", what DPT/MiDaS return) or farther ("depth"). Writes left.png,
 right.png, sbs_LRF_Full_SBS.png, anaglyph_redcyan.png (+ the --format layouts, named with
 VR players' markers: szero_jax.io.delivery), disparity.png, summary.json (with the files
-and their roles) and report.html.
+and their roles, timings, and the left-right consistency of the right view against the
+zero-disparity control, whose right view is the left: experiments/generate.py) and
+report.html.
 """
 from __future__ import annotations
 
@@ -39,6 +44,9 @@ flags.DEFINE_enum("spsmd", "paper", ["paper", "released", "off"], "SPSMD variant
 flags.DEFINE_bool("deblur", False, "Noise in the holes after the shift (Eq. 8)")
 flags.DEFINE_integer("null_text_inner_steps", 10, "Adam steps per timestep (released 10)")
 FLAGS = flags.FLAGS
+SAMPLES = Path(__file__).resolve().parents[1] / "szero_jax" / "assets" / "samples"
+DEMO = {"image": SAMPLES / "demo.png", "prompt": SAMPLES / "demo_prompt.txt",
+        "depth": SAMPLES / "demo_disparity.npy"}  # held-out world seed (demo.json)
 
 
 def _models():
@@ -55,23 +63,35 @@ def _models():
                               mlp_dim=4 * w, projection_dim=None)
         return pipelines.random_sd_models(jax.random.PRNGKey(FLAGS.seed), unet, tiny.VAE, text,
                                           FLAGS.dtype)
-    path = cf.checkpoint_path(FLAGS.checkpoint)
-    if path is None:
-        raise app.UsageError("--checkpoint: generate_image needs a converted Stable Diffusion "
-                             "checkpoint; the project ships no tiny SD (use "
-                             "--random_weights_for_testing only to test the plumbing)")
-    return pipelines.load_sd_models(path, FLAGS.dtype)
+    # None: the shipped tiny SD (load_sd_models reads the family in place).
+    return pipelines.load_sd_models(cf.checkpoint_path(FLAGS.checkpoint), FLAGS.dtype)
 
 
-def _depth():
+def _inputs():
+    """(prompt, image path, depth path): the flags, else the bundled sample's."""
+    prompt = FLAGS.prompt
+    if prompt is None:
+        prompt = "" if FLAGS.mode == "image" else DEMO["prompt"].read_text().strip()
+    return prompt, FLAGS.image or str(DEMO["image"]), FLAGS.depth or str(DEMO["depth"])
+
+
+def _depth(path):
     import numpy as np  # pylint: disable=import-outside-toplevel
     from szero_jax.io import read_image  # pylint: disable=import-outside-toplevel
-    if FLAGS.depth is None:
-        raise app.UsageError("--depth: required (no depth estimator for single images is "
-                             "bundled); .npy [H, W] or a greyscale image")
-    if FLAGS.depth.endswith(".npy"):
-        return np.load(FLAGS.depth, allow_pickle=False)
-    return read_image(FLAGS.depth).mean(axis=-1)
+    if path.endswith(".npy"):
+        return np.load(path, allow_pickle=False)
+    return read_image(path).mean(axis=-1)
+
+
+def _metrics(res):
+    from szero_jax import metrics  # pylint: disable=import-outside-toplevel
+    left, right, d = res.left[None], res.right[None], res.disparity[None]
+    lrc = float(metrics.left_right_consistency(left, right, d)[0])
+    # Zero-disparity control (as experiments/generate.py): the right view equal to the left.
+    ctrl = float(metrics.left_right_consistency(left, left, d)[0])
+    return {"left_right_consistency": lrc, "left_right_consistency_zero_disparity_control": ctrl,
+            "consistency_ratio_control_over_result": ctrl / max(lrc, 1e-12),
+            "hole_fraction": float(res.holes.mean())}
 
 
 def main(argv):
@@ -83,45 +103,47 @@ def main(argv):
     from szero_jax.stereo import NullTextConfig, StereoDiffusionConfig  # pylint: disable=import-outside-toplevel
     formats = cf.formats(FLAGS.format)
     cf.check_output_dir(FLAGS.output_dir)
+    prompt, image_path, depth_path = _inputs()
     models = _models()
-    depth = _depth()
+    depth = _depth(depth_path)
     stereo = StereoDiffusionConfig(spsmd=FLAGS.spsmd, deblur=FLAGS.deblur,
                                    attention=FLAGS.attention,
                                    null_text=NullTextConfig(inner_steps=FLAGS.null_text_inner_steps))
-    common = dict(sampling=cf.sampling_config(SamplingConfig.stereo_image()),
-                  depth=cf.depth_config(DepthConfig.stereo_image()), stereo=stereo,
+    sampling, depth_cfg = SamplingConfig.stereo_image(), DepthConfig.stereo_image()
+    if cf.checkpoint_path(FLAGS.checkpoint) is None and not FLAGS.random_weights_for_testing:
+        from szero_jax import tiny  # pylint: disable=import-outside-toplevel
+        sampling = dataclasses.replace(sampling, guidance=tiny.SD_GUIDANCE)  # the tiny SD's
+        depth_cfg = dataclasses.replace(depth_cfg, max_disparity=tiny.SD_MAX_DISPARITY)
+    common = dict(sampling=cf.sampling_config(sampling),   # given flags override
+                  depth=cf.depth_config(depth_cfg), stereo=stereo,
                   callback=lambda s, d, t: print(f"[{s}] {d}/{t}" if d else f"[{s}] start",
                                                  flush=True))
     if FLAGS.mode == "image":
-        if not FLAGS.image:
-            raise app.UsageError("--image: required in image mode")
         res = pipelines.image_to_stereo_image(
-            models, io.read_image(FLAGS.image), depth, prompt=FLAGS.prompt or "", **common)
+            models, io.read_image(image_path), depth, prompt=prompt, **common)
     else:
-        if not FLAGS.prompt:
-            raise app.UsageError(f"--prompt: required in {FLAGS.mode} mode")
+        if not prompt:
+            raise app.UsageError(f"--prompt: expected a prompt in {FLAGS.mode} mode, got ''")
         if FLAGS.mode == "text":
-            res = pipelines.text_to_stereo_image(models, FLAGS.prompt, size=depth.shape,
+            res = pipelines.text_to_stereo_image(models, prompt, size=depth.shape,
                                                  depth_map=depth, **common)
         else:
-            res = pipelines.depth_to_stereo_image(models, depth, FLAGS.prompt, **common)
+            res = pipelines.depth_to_stereo_image(models, depth, prompt, **common)
     with cf.staged_outputs(FLAGS.output_dir) as tmp:
         files = io.write_stereo_outputs(tmp, res.left, res.right, io.Delivery(
             layouts=tuple(dict.fromkeys(("sbs", "anaglyph") + formats))))
         d = res.disparity
         io.write_image(tmp / "disparity.png", ((d - d.min()) / max(float(np.ptp(d)), 1e-6))[..., None])
         files.append({"path": "disparity.png", "role": "disparity"})
-        from szero_jax import metrics  # pylint: disable=import-outside-toplevel
-        summary = {"mode": FLAGS.mode, "prompt": FLAGS.prompt, "image": FLAGS.image,
-                   "depth": FLAGS.depth, "checkpoint": FLAGS.checkpoint,
+        summary = {"mode": FLAGS.mode, "prompt": prompt,
+                   "image": image_path if FLAGS.mode == "image" else None,
+                   "depth": depth_path, "checkpoint": FLAGS.checkpoint or "tiny SD",
                    "random_weights_for_testing": FLAGS.random_weights_for_testing,
                    "settings": {"dtype": FLAGS.dtype, **{k: dataclasses.asdict(v) for k, v in
                                                          res.settings.items()},
                                 "stereo": dataclasses.asdict(stereo)},
                    "timings_s": dict(res.timings),
-                   "metrics": {"left_right_consistency": float(metrics.left_right_consistency(
-                       res.left[None], res.right[None], res.disparity[None])[0]),
-                       "hole_fraction": float(res.holes.mean())},
+                   "metrics": _metrics(res),
                    "files": files + [{"path": "summary.json", "role": "summary"},
                                      {"path": "report.html", "role": "report"}]}
         summary["timings_s"]["total_wall"] = time.perf_counter() - start
@@ -130,6 +152,11 @@ def main(argv):
             res.left, res.right, res.disparity, res.holes), summary,
             title=f"StereoDiffusion ({FLAGS.mode} mode)")
     cf.report_written(Path(FLAGS.output_dir) / f["path"] for f in summary["files"])
+    m = summary["metrics"]
+    print(f"left-right consistency {m['left_right_consistency']:.4f} (zero-disparity control "
+          f"{m['left_right_consistency_zero_disparity_control']:.4f}, ratio "
+          f"{m['consistency_ratio_control_over_result']:.2f}x), holes {m['hole_fraction']:.3f}; "
+          f"total {summary['timings_s']['total_wall']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ UNet + Resampler, CLIP frozen) -> depth (DepthCrafter UNet; VAE and image encode
 -> eval (held-out metrics JSON and the sample grid, experiments/eval_tiny.py). Fine-tuning
 stages (FINE_TUNE_STAGES, never in "all", need --init_from): vae_decoder trains the VAE
 decoder alone (encoder params untouched, so every latent and the models trained on them stay
-valid) on whole frames, logging the held-out VAE measure at each checkpoint. World clips
+valid) on whole frames, logging the held-out VAE measure at each checkpoint. Extra stages
+(EXTRA_STAGES, never in "all") add a network to the family in --output_dir: sd trains the
+tiny Stable Diffusion UNet on single frames + captions with the family's frozen VAE and text
+encoder, logging a held-out eps-loss at each checkpoint. World clips
 (training seeds 0..num_clips-1 only) are rendered once into a cache in --work_dir. Each
 stage's optax state is checkpointed with orbax in --work_dir/state_<stage>; --resume
 continues from it. Finished networks are written with `save_params` to --output_dir/<name>/.
@@ -35,12 +38,14 @@ from absl import app, flags, logging
 from experiments import common_flags as cf
 from experiments import eval_tiny
 from szero_jax import checkpoints, tiny, world
-from szero_jax.diffusion import SVD_SIGMA_MAX, SVD_SIGMA_MIN, dynamicrafter_schedule
+from szero_jax.diffusion import (SVD_SIGMA_MAX, SVD_SIGMA_MIN, dynamicrafter_schedule,
+                                 stable_diffusion_schedule)
 from szero_jax.geometry import minmax_signed
 from szero_jax.io.atomic import atomic_output
 from szero_jax.metrics import lpips
 from szero_jax.models.clip import CLIPTextEncoder, CLIPVisionEncoder, preprocess_image
 from szero_jax.models.resampler import Resampler
+from szero_jax.models.unet2d import UNet2DCondition
 from szero_jax.models.unet3d import UNet3D
 from szero_jax.models.unet_st import UNetSpatioTemporal
 from szero_jax.models.vae import AutoencoderKL
@@ -50,12 +55,16 @@ from szero_jax.pipelines.config import check_int
 
 STAGES = ("vae", "clip", "video", "depth", "eval")
 FINE_TUNE_STAGES = ("vae_decoder",)  # start from --init_from; not part of "all"
-ALL_STAGES = STAGES + FINE_TUNE_STAGES
+# Stages that add a network to a trained family (its vae / text_encoder in output_dir), not
+# part of "all": sd trains the tiny Stable Diffusion UNet.
+EXTRA_STAGES = ("sd",)
+ALL_STAGES = STAGES + FINE_TUNE_STAGES + EXTRA_STAGES
 # The shipped totals (MODEL_CARD.md); vae_decoder: the candidate's run ("Decoder fine-tune").
-DEFAULT_STEPS = {"vae": 1400, "clip": 150, "video": 1600, "depth": 600, "vae_decoder": 4000}
-DEFAULT_BATCH = {"vae": 16, "clip": 64, "video": 4, "depth": 4, "vae_decoder": 8}
+DEFAULT_STEPS = {"vae": 1400, "clip": 150, "video": 1600, "depth": 600, "vae_decoder": 4000,
+                 "sd": 3000}
+DEFAULT_BATCH = {"vae": 16, "clip": 64, "video": 4, "depth": 4, "vae_decoder": 8, "sd": 16}
 # vae_decoder: half the from-scratch rate, as it starts from a trained decoder (project choice).
-LR = {"vae": 1e-3, "clip": 1e-3, "video": 1e-3, "depth": 1e-3, "vae_decoder": 5e-4}
+LR = {"vae": 1e-3, "clip": 1e-3, "video": 1e-3, "depth": 1e-3, "vae_decoder": 5e-4, "sd": 1e-3}
 VAE_CROP = 32  # the VAE is convolutional: train on crops, evaluate on whole frames
 KL_WEIGHT = 1e-6  # ldm models/first_stage_models/kl-f*/config.yaml kl_weight
 DEPTH_FRACTION = 0.25  # share of VAE batches that are disparity maps (the depth model's input)
@@ -69,6 +78,11 @@ P_MEAN, P_STD = 0.7, 1.6
 # the few-step Karras sampler's first steps are in the training range.
 SIGMA_UNIFORM_SHARE = 0.2
 DEPTH_UNCOND_PROB = 0.1  # both conditions zeroed: the unconditional half of DepthCrafter's CFG
+# SD 1.x fine-tuning dropped the caption 10 % of the time (sd-v1-5 model card: "10% dropping
+# of the text-conditioning to improve classifier-free guidance sampling").
+SD_UNCOND_PROB = 0.1
+SD_EVAL_FRAMES = (0, 7)  # frames of each held-out clip in the held-out eps-loss
+SD_EVAL_T = (50, 250, 500, 750, 950)  # its timesteps (fixed noise): the curve is comparable
 # Decoder fine-tune loss L1 + LPIPS_WEIGHT x LPIPS (AlexNet): stabilityai/sd-vae-ft-mse's
 # decoder-only fine-tune weight 0.1 (its README; ft-EMA's 1.0 gave 0.7 dB lower COCO PSNR).
 LPIPS_WEIGHT = 0.1
@@ -79,7 +93,7 @@ F32 = jnp.float32
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """One training run: which stages, how long, on which clips, where things go."""
-    stage: str = "all"                 # one of STAGES / FINE_TUNE_STAGES, or "all" (STAGES in order)
+    stage: str = "all"                 # one of ALL_STAGES, or "all" (STAGES in order)
     steps: Optional[int] = None        # steps of each stage run; None: DEFAULT_STEPS
     batch_size: Optional[int] = None   # None: DEFAULT_BATCH of the stage
     height: int = tiny.HEIGHT          # clip size (the shipped family: tiny.HEIGHT x WIDTH)
@@ -609,9 +623,95 @@ def stage_depth(config: TrainConfig, data):
     return report
 
 
+# ----------------------------------------------------------------------------- SD
+def sd_context(text_params, text_cfg, tokens):
+    """SD 1.x's context: the text tower's final-layer tokens (``pipelines.image._text``)."""
+    f = jax.jit(lambda p, t: text_embedding(text_cfg, F32, p, t, layer="last"))
+    return np.concatenate([np.asarray(f(text_params["params"], jnp.asarray(tokens[k:k + 64])))
+                           for k in range(0, len(tokens), 64)])
+
+
+def sd_loss(unet, alphas_cumprod):
+    """SD's objective: eps-MSE at t ~ U{0..999} on the scaled-linear schedule, the caption
+    replaced by the empty prompt's context with SD_UNCOND_PROB. ``frozen["null"]`` [1, N, D];
+    batch {"z": scaled latents [B, h, w, 4], "context": [B, N, D]}."""
+    ab = jnp.asarray(alphas_cumprod, F32)
+
+    def loss_fn(params, frozen, batch, key):
+        kt, kn, kd = jax.random.split(key, 3)
+        z0, b = batch["z"], batch["z"].shape[0]
+        drop = jax.random.uniform(kd, (b,)) < SD_UNCOND_PROB
+        ctx = jnp.where(drop[:, None, None], frozen["null"], batch["context"])
+        t = jax.random.randint(kt, (b,), 0, ab.shape[0])
+        a = ab[t][:, None, None, None]
+        eps = jax.random.normal(kn, z0.shape)
+        out = unet.apply(params, jnp.sqrt(a) * z0 + jnp.sqrt(1 - a) * eps, t, ctx)
+        return jnp.mean((out - eps) ** 2), {}
+    return loss_fn
+
+
+def sd_heldout_monitor(config: TrainConfig, unet, vae_params, vae_cfg, text_params, text_cfg):
+    """``on_save(step, params)``: eps-MSE on held-out clips (seeds from HELDOUT_SEED_START,
+    frames SD_EVAL_FRAMES, timesteps SD_EVAL_T, fixed noise, captioned), appended to
+    work_dir/heldout_sd.jsonl; returns the monitor and the held-out seeds."""
+    held = eval_tiny.HeldOut.render(config.num_eval, config.height, config.width,
+                                    max(SD_EVAL_FRAMES) + 1)
+    frames = np.round(held.video01[:, list(SD_EVAL_FRAMES)] * 255).astype(np.uint8)
+    z = encode_frames(vae_params, vae_cfg, frames) * vae_cfg.scaling_factor
+    z = z.reshape((-1,) + z.shape[2:])
+    ctx = np.repeat(sd_context(text_params, text_cfg, tiny.tokenizer()(list(held.captions))),
+                    len(SD_EVAL_FRAMES), axis=0)
+    ab = stable_diffusion_schedule().alphas_cumprod
+    eps = np.random.default_rng(1234).standard_normal((len(SD_EVAL_T),) + z.shape, np.float32)
+
+    @jax.jit
+    def losses(params):
+        def one(t, e):
+            a = float(ab[t])
+            out = unet.apply(params, np.sqrt(a) * z + np.sqrt(1 - a) * e, jnp.full((len(z),), t), ctx)
+            return jnp.mean((out - e) ** 2)
+        return jnp.stack([one(t, eps[k]) for k, t in enumerate(SD_EVAL_T)])
+
+    path, t0 = Path(config.work_dir) / "heldout_sd.jsonl", time.time()
+
+    def on_save(step, params):
+        per_t = [float(v) for v in losses(params)]
+        row = {"step": step, "run_wall_s": round(time.time() - t0, 1),
+               "eps_mse": float(np.mean(per_t)), "eps_mse_per_t": dict(zip(SD_EVAL_T, per_t))}
+        logging.info("[sd] held-out at step %d: %s", step, row)
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return on_save, held.seeds
+
+
+def stage_sd(config: TrainConfig, data):
+    """The tiny SD UNet (tiny.SD_UNET) on single frames of the training clips and their
+    captions, on output_dir's VAE latents and text encoder (both frozen, shared with the
+    video family); saved as output_dir/sd_unet (``load_sd_models`` pairs it with them)."""
+    vae_params, vae_cfg = load(config, "vae")
+    text_params, text_cfg = load(config, "text_encoder")
+    unet, bs = UNet2DCondition(tiny.SD_UNET), config.batch_for("sd")
+    n, t = data["video"].shape[:2]
+    z = video_latents(config, vae_params, vae_cfg, data["video"]) * vae_cfg.scaling_factor
+    context = sd_context(text_params, text_cfg, data["tokens"])
+    frozen = {"null": sd_context(text_params, text_cfg, tiny.tokenizer()([""]))}
+
+    def batch_fn(rng):
+        i, f = rng.integers(n, size=bs), rng.integers(t, size=bs)
+        return {"z": z[i, f], "context": context[i]}
+
+    params = jax.jit(unet.init)(jax.random.PRNGKey(config.seed + 5), jnp.zeros((1,) + z.shape[2:]),
+                                jnp.zeros((1,)), jnp.asarray(context[:1]))
+    on_save, _ = sd_heldout_monitor(config, unet, vae_params, vae_cfg, text_params, text_cfg)
+    params, report = fit(config, "sd", params, sd_loss(unet, stable_diffusion_schedule().alphas_cumprod),
+                         batch_fn, frozen, on_save)
+    save(config, "sd_unet", params, tiny.SD_UNET)
+    return report
+
+
 # ----------------------------------------------------------------------------- run
 STAGE_FNS = {"vae": stage_vae, "clip": stage_clip, "video": stage_video, "depth": stage_depth,
-             "vae_decoder": stage_vae_decoder}
+             "vae_decoder": stage_vae_decoder, "sd": stage_sd}
 
 
 def train(config: TrainConfig) -> dict:

@@ -8,6 +8,8 @@ Networks (name -> family, config):
     resampler      "resampler"          DynamiCrafter image projector, 16 tokens per frame
     video_unet     "dynamicrafter_unet" DynamiCrafter UNet (DynamiCrafterConfig: UNet + schedule)
     depth_unet     "depthcrafter_unet"  DepthCrafter / SVD spatio-temporal UNet
+    sd_unet        "sd15_unet"          Stable Diffusion 1.5 UNet2DCondition (StereoDiffusion);
+                                        with ``vae`` and ``text_encoder`` it is the tiny SD
 
 The configs below are the ones training starts from; the saved ``config.json`` is the truth
 (the VAE's ``scaling_factor`` is measured on the training latents, as SD's 0.18215 was).
@@ -19,8 +21,8 @@ from typing import Any
 
 from szero_jax import checkpoints
 from szero_jax.models.configs import (CLIPTextConfig, CLIPVisionConfig, DynamiCrafterConfig,
-                                      DynamiCrafterUNetConfig, ResamplerConfig, UNetSTConfig,
-                                      VAEConfig)
+                                      DynamiCrafterUNetConfig, ResamplerConfig, UNet2DConfig,
+                                      UNetSTConfig, VAEConfig)
 from szero_jax.models.tokenizer import WordTokenizer
 from szero_jax.world import VOCABULARY
 
@@ -33,7 +35,7 @@ WIDTH_EMBED = 64  # text/vision width = UNet context width (real: 1024)
 
 FAMILIES = {"vae": "vae", "text_encoder": "clip_text", "image_encoder": "clip_vision",
             "resampler": "resampler", "video_unet": "dynamicrafter_unet",
-            "depth_unet": "depthcrafter_unet"}
+            "depth_unet": "depthcrafter_unet", "sd_unet": "sd15_unet"}
 
 
 def tokenizer() -> WordTokenizer:
@@ -80,6 +82,21 @@ DEPTH_UNET = UNetSTConfig(in_channels=8, out_channels=4, block_out_channels=(32,
                           layers_per_block=1, heads=(1, 2), cross_attention_dim=WIDTH_EMBED,
                           cross_attn=(True, False), addition_time_embed_dim=32,
                           num_frames=FRAMES)
+
+# Tiny SD 1.5 (eps prediction, scaled-linear betas: UNet2DConfig's sd-v1-5 defaults and
+# diffusion.stable_diffusion_schedule) on the family's VAE latent (20x32 at 80x128) and the
+# family's text encoder (its final-layer tokens, SD 1.x's last_hidden_state). Two levels;
+# like SD's CrossAttnDownBlock2D, but with cross-attention only at the 10x16 level and the
+# middle block (the 640-token level's attention would dominate the CPU training cost).
+SD_UNET = UNet2DConfig(in_channels=4, out_channels=4, block_out_channels=(32, 64),
+                       layers_per_block=1, heads=(2, 4), cross_attention_dim=WIDTH_EMBED,
+                       cross_attn=(False, True), sample_size=HEIGHT // 4)
+# Sampling defaults of the tiny SD (generate_image without --checkpoint). max_disparity: as
+# the video family's (StereoDiffusion's 0.08 is up to 5 latent pixels on SD's 64-wide latent
+# at 512; ours is 32 wide); at 0.08 the latent shift rounds most disparities to 0 or 4 px.
+SD_MAX_DISPARITY = VIDEO.max_disparity
+SD_GUIDANCE = 3.0  # undertrained tiny model; MODEL_CARD.md "Tiny Stable Diffusion"
+
 
 def load_tiny_family(names=tuple(FAMILIES), root=None) -> dict[str, tuple[Any, Any]]:
     """``{name: (params, config)}`` of the shipped tiny networks (FileNotFoundError if absent);

@@ -246,8 +246,9 @@ def test_missing_checkpoint(tmp_path):
                                                 r"'text_encoder', 'image_encoder', 'resampler', "
                                                 r"'video_unet'\]"):
         pipelines.load_video_models(tmp_path / "partial")
-    with pytest.raises(FileNotFoundError, match="Stable Diffusion needs a converted checkpoint"):
-        pipelines.load_sd_models(None)
+    with pytest.raises(FileNotFoundError, match=r"checkpoint: .*partial lacks \['unet', 'vae', "
+                                                r"'text_encoder'\]"):
+        pipelines.load_sd_models(tmp_path / "partial")
 
 
 def test_truncated_checkpoint(tmp_path):

@@ -301,8 +301,8 @@ def test_generate_sigint_leaves_no_outputs(tmp_path):
 
 
 def test_generate_image_runs_text_mode(tmp_path):
-    """python -m experiments.generate_image, text mode, on random tiny SD weights (no tiny SD
-    is shipped), 2 steps, a 64x64 depth ramp."""
+    """python -m experiments.generate_image, text mode, on random tiny SD weights, 2 steps,
+    a 64x64 depth ramp."""
     _have_launcher("generate_image")
     depth = np.linspace(1.0, 0.0, 64, dtype=np.float32)[:, None].repeat(64, 1)
     np.save(tmp_path / "depth.npy", depth)

@@ -12,8 +12,9 @@ Checkpoint directories (``szero_jax.checkpoints`` format, one per network):
     <dir>/tokenizer/  CLIP BPE files (vocab.json + merges.txt, or OpenCLIP's vocab .txt.gz);
                       without it the tiny word tokenizer (szero_jax.world.VOCABULARY) is used
                       when the text tower's vocabulary matches it
-    SD: <dir>/{unet, vae, text_encoder}/ + <dir>/tokenizer/
-``load_video_models()`` with no path loads the shipped tiny family. The loaders read the params
+    SD: <dir>/{unet, vae, text_encoder}/ + <dir>/tokenizer/, or a tiny family with sd_unet/
+``load_video_models()`` / ``load_sd_models()`` with no path load the shipped tiny family (the
+tiny SD shares the family's VAE and text encoder). The loaders read the params
 in the run's dtype, one tensor at a time (``checkpoints.load_params(dtype=...)``): a bfloat16
 run never holds a float32 copy, and loading peaks at about the params' bytes in that dtype.
 Each load logs its params' bytes and the process's peak resident memory.
@@ -202,19 +203,23 @@ def load_video_models(path=None, dtype="float32") -> VideoModels:
                        depth=depth, dtype=dtype, **nets)
 
 
-def load_sd_models(path, dtype="float32") -> SDModels:
+def load_sd_models(path=None, dtype="float32") -> SDModels:
     """An ``SDModels`` from ``path/{unet, vae, text_encoder, tokenizer}``, float params cast
-    to ``dtype`` (the compute dtype) while they are read."""
+    to ``dtype`` (the compute dtype) while they are read. A tiny-family directory (``sd_unet/``
+    instead of ``unet/``) gives the tiny SD: its UNet on the family's own VAE and text
+    encoder, read in place (no copies); ``path`` None is the shipped family's."""
     dtype = _dtype(dtype)
-    if path is None:
-        raise FileNotFoundError("checkpoint: Stable Diffusion needs a converted checkpoint "
-                                "directory; the project ships no tiny SD")
-    root = Path(path)
-    missing = [n for n in ("unet", "vae", "text_encoder") if not (root / n).is_dir()]
+    root = checkpoints.TINY_DIR if path is None else Path(path)
+    unet_dir = root / "unet" if (root / "unet").is_dir() else root / "sd_unet"
+    missing = [n for n, p in (("unet", unet_dir), ("vae", root / "vae"),
+                              ("text_encoder", root / "text_encoder")) if not p.is_dir()]
     if missing:
-        raise FileNotFoundError(f"checkpoint: {root} lacks {missing}; expected an SD checkpoint "
-                                "with unet/, vae/, text_encoder/ and tokenizer/")
-    nets = {n: _net(root / n, dtype=dtype) for n in ("unet", "vae", "text_encoder")}
+        raise FileNotFoundError(
+            f"checkpoint: {root} lacks {missing}; expected an SD checkpoint with unet/, vae/, "
+            "text_encoder/ and tokenizer/, or a tiny family with sd_unet/"
+            + (" (experiments/train_tiny.py --stage sd trains it)" if path is None else ""))
+    nets = {"unet": _net(unet_dir, dtype=dtype), "vae": _net(root / "vae", dtype=dtype),
+            "text_encoder": _net(root / "text_encoder", dtype=dtype)}
     for name, cls in (("unet", C.UNet2DConfig), ("vae", C.VAEConfig),
                       ("text_encoder", C.CLIPTextConfig)):
         if not isinstance(nets[name].config, cls):

@@ -1,0 +1,101 @@
+"""The tiny Stable Diffusion (issue 16): train_tiny --stage sd, its loader, the shipped one."""
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from szero_jax import checkpoints, tiny, world
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = (checkpoints.TINY_DIR / "sd_unet").is_dir()
+
+
+def _family_without_sd(folder: Path) -> Path:
+    """A family folder holding the shipped VAE and text encoder (what --stage sd loads)."""
+    folder.mkdir(parents=True)
+    for name in ("vae", "text_encoder"):
+        os.symlink(checkpoints.TINY_DIR / name, folder / name)
+    return folder
+
+
+@pytest.mark.slow
+def test_sd_loss_decreases_on_a_fixed_batch(tmp_path):
+    """fit() with sd_loss on one fixed batch (scaled latents of 4 training frames at 32x32,
+    their captions' contexts) lowers the eps-MSE (fixed noise and timesteps) by > 30 %."""
+    from experiments.train_tiny import TrainConfig, fit, sd_context, sd_loss, to_signed
+    from szero_jax.diffusion import stable_diffusion_schedule
+    from szero_jax.models.unet2d import UNet2DCondition
+    fam = tiny.load_tiny_family(["vae", "text_encoder"])
+    (vae_p, vae_cfg), (text_p, text_cfg) = fam["vae"], fam["text_encoder"]
+    scenes = [world.make_scene(s, 32, 32, 1) for s in range(4)]
+    frames = to_signed(np.round(np.stack([s.left[0] for s in scenes]) * 255).astype(np.uint8))
+    from szero_jax.models.vae import AutoencoderKL
+    z = np.asarray(AutoencoderKL(vae_cfg).apply(vae_p, frames, method="encode")[0])
+    batch = {"z": z * vae_cfg.scaling_factor,
+             "context": sd_context(text_p, text_cfg, tiny.tokenizer()([s.caption for s in scenes]))}
+    assert batch["z"].shape == (4, 8, 8, 4) and batch["context"].shape[::2] == (4, tiny.WIDTH_EMBED)
+    frozen = {"null": sd_context(text_p, text_cfg, tiny.tokenizer()([""]))}
+    unet = UNet2DCondition(tiny.SD_UNET)
+    params = unet.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 4)), jnp.zeros((1,)),
+                       jnp.asarray(batch["context"][:1]))
+    loss_fn = jax.jit(sd_loss(unet, stable_diffusion_schedule().alphas_cumprod))
+    keys = jax.random.split(jax.random.PRNGKey(7), 8)
+    measure = lambda p: float(np.mean([loss_fn(p, frozen, batch, k)[0] for k in keys]))
+    before = measure(params)
+    config = TrainConfig(stage="sd", steps=20, work_dir=str(tmp_path), log_every=10,
+                         save_every=20)
+    trained, report = fit(config, "sd", params, sd_loss(unet, stable_diffusion_schedule().alphas_cumprod),
+                          lambda rng: batch, frozen)
+    after = measure(trained)
+    print(f"eps-MSE {before:.4f} -> {after:.4f}")
+    assert 0.9 < before < 1.6            # a fresh UNet: eps-MSE ~1 (+ its output's variance)
+    assert after < 0.7 * before and report["steps"] == 20
+
+
+@pytest.mark.slow
+def test_sd_stage_trains_saves_and_loads(tmp_path):
+    """Three steps of --stage sd on 2 training clips at 32x32: sd_unet saved with tiny.SD_UNET,
+    held-out eps-MSE logged at steps 0, 2, 3 on held-out seeds only, the saved folder loads as
+    an SDModels (the family's VAE / text encoder) and text_to_stereo_image runs on it."""
+    from experiments.train_tiny import TrainConfig, sd_heldout_monitor, train
+    from szero_jax.pipelines import load_sd_models, text_to_stereo_image
+    from szero_jax.pipelines.config import SamplingConfig
+    out = _family_without_sd(tmp_path / "out")
+    cfg = TrainConfig(stage="sd", steps=3, batch_size=2, num_clips=2, height=32, width=32,
+                      num_eval=1, save_every=2, work_dir=str(tmp_path / "work"),
+                      output_dir=str(out))
+    report = train(cfg)["sd"]
+    assert report["steps"] == 3 and np.isfinite(report["final_loss"])
+    rows = [json.loads(r) for r in (tmp_path / "work" / "heldout_sd.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2, 3]
+    assert all(0.3 < r["eps_mse"] < 3.0 for r in rows)
+    assert (tmp_path / "work" / "clips_2_32x32x16.npz").is_file()   # seeds 0, 1 only
+    fam = tiny.load_tiny_family(["vae", "text_encoder"])
+    _, seeds = sd_heldout_monitor(cfg, None, *fam["vae"], *fam["text_encoder"])
+    assert seeds and min(seeds) >= world.HELDOUT_SEED_START
+    models = load_sd_models(out)
+    assert models.unet.config == tiny.SD_UNET and models.vae_factor == 4
+    res = text_to_stereo_image(models, "a red disc", size=(32, 32),
+                               sampling=SamplingConfig.stereo_image(steps=2),
+                               depth_map=np.linspace(0, 1, 32)[None].repeat(32, 0))
+    assert res.left.shape == res.right.shape == (32, 32, 3)
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped sd_unet")
+def test_shipped_tiny_sd_loads_in_place():
+    """load_sd_models() is the shipped tiny SD: the family's sd_unet (tiny.SD_UNET) with the
+    family's own VAE and text encoder params (no copies), and the word tokenizer."""
+    from szero_jax.pipelines import load_sd_models
+    models = load_sd_models()
+    assert models.unet.config == tiny.SD_UNET
+    assert models.unet.config.prediction_type == "epsilon"
+    vae, _ = tiny.load_tiny_family(["vae"])["vae"]
+    np.testing.assert_array_equal(np.asarray(jax.tree.leaves(models.vae.params)[0]),
+                                  np.asarray(jax.tree.leaves(vae["params"])[0]))
+    assert models.tokenizer(["a red disc"]).shape == (1, models.text_encoder.config.context_length)
+    n = sum(x.size for x in jax.tree.leaves(models.unet.params))
+    assert 0.5e6 < n < 2e6
