@@ -30,10 +30,9 @@ Methods (rows; ``--include`` / ``--exclude`` take row names or groups ``baseline
   method can beat it on these metrics, a reference for the rows below;
 * ``stereodiffusion``: StereoDiffusion's sampler (pixel shift at 20 % of the steps, SPSMD,
   uni-directional attention sharing; ``szero_jax.stereo.stereodiffusion_run``) run as
-  image-to-stereo on the *tiny video UNet* from the DDIM-inverted left clip. The project
-  ships no Stable Diffusion weights (``load_sd_models(None)`` raises), so this is the
-  algorithm on the tiny family, with plain DDIM inversion at guidance 1 instead of
-  null-text inversion at 7.5;
+  image-to-stereo on the *tiny video UNet* from the DDIM-inverted left clip: the algorithm
+  on the tiny video family, with plain DDIM inversion at guidance 1 instead of null-text
+  inversion at 7.5 (it predates the tiny SD, ``load_sd_models()``, not benchmarked here yet);
 * ``szero``: StereoCrafter-Zero conversion mode (``pipelines.video_to_stereo_video``: DDIM
   inversion of the left clip with its caption and first frame, then the stereo sampler with
   the paper's defaults; eta 0). The benchmark calls the pipeline's own jitted stages with the

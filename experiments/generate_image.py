@@ -137,7 +137,8 @@ def main(argv):
         files.append({"path": "disparity.png", "role": "disparity"})
         summary = {"mode": FLAGS.mode, "prompt": prompt,
                    "image": image_path if FLAGS.mode == "image" else None,
-                   "depth": depth_path, "checkpoint": FLAGS.checkpoint or "tiny SD",
+                   "depth": depth_path,
+                   "checkpoint": cf.checkpoint_path(FLAGS.checkpoint) or "tiny SD",
                    "random_weights_for_testing": FLAGS.random_weights_for_testing,
                    "settings": {"dtype": FLAGS.dtype, **{k: dataclasses.asdict(v) for k, v in
                                                          res.settings.items()},

@@ -44,12 +44,12 @@ def test_help_lists_flags_with_defaults(module, expected):
         assert "0.08 =" in text[i:i + 300] and "0.16 for" in text[i:i + 300]
 
 
-def test_generate_image_without_checkpoint_fails_clearly(tmp_path):
-    np.save(tmp_path / "d.npy", np.ones((SIZE, SIZE), np.float32))
-    out = _run("generate_image", "--prompt", "a red cube", "--depth", str(tmp_path / "d.npy"),
-               "--output_dir", str(tmp_path / "o"))
+def test_generate_image_depth_mode_on_the_tiny_sd_fails_clearly(tmp_path):
+    """Without --checkpoint the tiny SD is loaded; it has no depth UNet (4 input channels),
+    so depth mode stops before sampling, naming what it needs, and writes nothing."""
+    out = _run("generate_image", "--mode", "depth", "--output_dir", str(tmp_path / "o"))
     assert out.returncode != 0
-    assert "ships no tiny SD" in out.stderr
+    assert "needs an SD 2 depth UNet (5 input channels)" in out.stderr
     assert not any((tmp_path / "o").glob("*.png"))
 
 
