@@ -705,7 +705,9 @@ def stage_sd(config: TrainConfig, data):
     on_save, _ = sd_heldout_monitor(config, unet, vae_params, vae_cfg, text_params, text_cfg)
     params, report = fit(config, "sd", params, sd_loss(unet, stable_diffusion_schedule().alphas_cumprod),
                          batch_fn, frozen, on_save)
-    save(config, "sd_unet", params, tiny.SD_UNET)
+    # The training latents' per-channel mean: the pipelines' x_T (UNet2DConfig.latent_mean).
+    mean = tuple(float(v) for v in z.reshape(-1, z.shape[-1]).mean(axis=0))
+    save(config, "sd_unet", params, dataclasses.replace(tiny.SD_UNET, latent_mean=mean))
     return report
 
 

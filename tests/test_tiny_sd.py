@@ -1,4 +1,5 @@
 """The tiny Stable Diffusion (issue 16): train_tiny --stage sd, its loader, the shipped one."""
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -80,7 +81,8 @@ def test_sd_stage_trains_saves_and_loads(tmp_path):
     _, seeds = sd_heldout_monitor(cfg, None, *fam["vae"], *fam["text_encoder"])
     assert seeds and min(seeds) >= world.HELDOUT_SEED_START
     models = load_sd_models(out)
-    assert models.unet.config == tiny.SD_UNET and models.vae_factor == 4
+    assert dataclasses.replace(models.unet.config, latent_mean=None) == tiny.SD_UNET
+    assert len(models.unet.config.latent_mean) == 4 and models.vae_factor == 4
     res = text_to_stereo_image(models, "a red disc", size=(32, 32),
                                sampling=SamplingConfig.stereo_image(steps=2),
                                depth_map=np.linspace(0, 1, 32)[None].repeat(32, 0))
@@ -93,7 +95,9 @@ def test_shipped_tiny_sd_loads_in_place():
     family's own VAE and text encoder params (no copies), and the word tokenizer."""
     from szero_jax.pipelines import load_sd_models
     models = load_sd_models()
-    assert models.unet.config == tiny.SD_UNET
+    assert dataclasses.replace(models.unet.config, latent_mean=None) == tiny.SD_UNET
+    # the measured training-latent means (x_T's signal leak), far from 0 on channels 0 and 2
+    np.testing.assert_allclose(models.unet.config.latent_mean, (-1.31, -0.47, 0.84, 0.47), atol=0.02)
     assert models.unet.config.prediction_type == "epsilon"
     vae, _ = tiny.load_tiny_family(["vae"])["vae"]
     np.testing.assert_array_equal(np.asarray(jax.tree.leaves(models.vae.params)[0]),
@@ -140,3 +144,25 @@ def test_generate_image_text_mode_by_default(tmp_path):
     assert s["settings"]["sampling"]["guidance"] == tiny.SD_GUIDANCE
     assert s["metrics"]["consistency_ratio_control_over_result"] >= 1.5
     assert read_image(out / "right.png").shape == (80, 128, 3)
+
+
+def test_latent_mean_sets_the_start_latent():
+    """UNet2DConfig.latent_mean: x_T ~ N(sqrt(ab_T) mean, (1 - ab_T) I) at the plan's first
+    step (the signal leak); None keeps SD's N(0, I); a wrong length is refused."""
+    from szero_jax.models.configs import UNet2DConfig
+    from szero_jax.pipelines import image as im
+    from szero_jax.pipelines.config import SamplingConfig
+    plan = im._plan(SamplingConfig.stereo_image(guidance=3.0))
+    a = float(plan.alpha_bar[0])
+    mean = (-1.3, -0.5, 0.8, 0.5)
+    key = jax.random.PRNGKey(3)
+    bundle = lambda m: type("B", (), {"unet": type("U", (), {"config": dataclasses.replace(  # noqa: E731
+        tiny.SD_UNET, latent_mean=m)})})
+    plain = np.asarray(im._start_latent(bundle(None), key, (1, 20, 32, 4), plan))
+    leak = np.asarray(im._start_latent(bundle(mean), key, (1, 20, 32, 4), plan))
+    np.testing.assert_allclose(plain, np.asarray(jax.random.normal(key, (1, 20, 32, 4))))
+    np.testing.assert_allclose(leak, np.sqrt(a) * np.asarray(mean) + np.sqrt(1 - a) * plain,
+                               rtol=1e-5, atol=1e-6)
+    assert 981 == int(plan.timesteps[0]) and abs(np.sqrt(a) - 0.076) < 1e-3
+    with pytest.raises(ValueError, match="latent_mean: expected 4 values"):
+        UNet2DConfig(latent_mean=(0.0, 1.0))

@@ -185,9 +185,18 @@ class UNet2DConfig:
     freq_shift: int = 0  # sd-v1-5 unet/config.json
     sample_size: int = 64  # sd-v1-5 unet/config.json
     prediction_type: str = "epsilon"  # sd-v1-5 scheduler/scheduler_config.json
+    # Per-channel mean of the scaled training latents, or None (SD: x_T ~ N(0, I)). Given, the
+    # text / depth pipelines start at x_T ~ N(sqrt(ab_T) mean, (1 - ab_T) I), the forward
+    # process's own marginal: the schedule's terminal SNR is not 0, so the model reads the
+    # image's mean from x_T and keeps it (the signal leak; Everaert et al., WACV 2024). Set
+    # for the tiny SD, whose latent channel means are up to 4x their spatial std.
+    latent_mean: Optional[Tuple[float, ...]] = None
 
     def __post_init__(self):
         _check_levels(self)
+        if self.latent_mean is not None and len(self.latent_mean) != self.out_channels:
+            raise ValueError(f"latent_mean: expected {self.out_channels} values (out_channels), "
+                             f"got {self.latent_mean}")
 
 
 _SD2 = dict(heads=(5, 10, 20, 20),  # sd-2-1 unet/config.json attention_head_dim

@@ -109,6 +109,17 @@ def _encode(params, image, *, vae_cfg, dtype):
     return encode_latents(vae_cfg, dtype, params, image[:, None], vae_cfg.scaling_factor)[:, 0]
 
 
+def _start_latent(models, key, shape, plan):
+    """x_T: N(0, I) (SD), or with ``unet.config.latent_mean`` the forward marginal at the first
+    step, N(sqrt(ab) mean, (1 - ab) I) (the signal leak, UNet2DConfig.latent_mean)."""
+    x = jax.random.normal(key, shape)
+    mean = models.unet.config.latent_mean
+    if mean is None:
+        return x
+    a = plan.alpha_bar[0]
+    return jnp.sqrt(a) * jnp.asarray(mean, x.dtype) + jnp.sqrt(1.0 - a) * x
+
+
 class _Job(NamedTuple):
     sampling: SamplingConfig   # resolved (the mode's guidance filled in)
     depth: DepthConfig
@@ -191,8 +202,9 @@ def text_to_stereo_image(models: SDModels, prompt: str, *, size: tuple = (512, 5
     cond, uncond = _texts(models, timer, prompt, sampling.negative_prompt)
     f = models.vae_factor
     k_x, k_s = jax.random.split(jax.random.PRNGKey(sampling.seed))
-    x_T = jax.random.normal(k_x, (1, height // f, width // f, models.unet.config.in_channels))
     plan = _plan(job.sampling)
+    x_T = _start_latent(models, k_x, (1, height // f, width // f, models.unet.config.in_channels),
+                        plan)
     if callable(depth_map):
         z = timer.run("left", _left, models.unet.params, cond, uncond, x_T, plan,
                       total=sampling.steps, **job.statics)
@@ -255,8 +267,9 @@ def depth_to_stereo_image(models: SDModels, depth_map, prompt: str, *,
     cond_map = minmax_signed(jax.image.resize(norm, (1, h // f, w // f), "bicubic"))[..., None]
     cond, uncond = dict(cond, depth=cond_map), dict(uncond, depth=cond_map)
     k_x, k_s = jax.random.split(jax.random.PRNGKey(sampling.seed))
-    x_T = jax.random.normal(k_x, (1, h // f, w // f, 4))
+    plan = _plan(job.sampling)
+    x_T = _start_latent(models, k_x, (1, h // f, w // f, 4), plan)
     out = timer.run("stereo", _stereo, models.unet.params, cond, uncond, x_T, lat,
-                    _plan(job.sampling), k_s, job.events, per_step=False,
+                    plan, k_s, job.events, per_step=False,
                     total=sampling.steps, **job.statics)
     return _result(models, timer, out, px, job)
