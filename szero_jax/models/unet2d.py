@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from szero_jax.models.attention import Attention, FeedForward
 from szero_jax.models.configs import UNet2DConfig
-from szero_jax.models.layers import GroupNorm, NearestUpConv, conv, layer_norm, timestep_embedding
+from szero_jax.models.layers import GroupNorm, conv, layer_norm, timestep_embedding
 
 
 class TimestepEmbedding(nn.Module):
@@ -79,9 +79,7 @@ class Upsample2D(nn.Module):
 
     @nn.compact
     def __call__(self, x, size=None):
-        size = tuple(size or (2 * x.shape[1], 2 * x.shape[2]))
-        if size == (2 * x.shape[1], 2 * x.shape[2]):  # without the upsampled image (same params)
-            return NearestUpConv(self.channels, dtype=self.dtype, name="conv")(x)
+        size = size or (2 * x.shape[1], 2 * x.shape[2])
         return conv(self.channels, (3, 3), "conv", dtype=self.dtype)(resize_nearest(x, size))
 
 
