@@ -8,7 +8,9 @@ dict is converted with the project's key maps (the parity tests' path), and both
 on the same inputs. The JAX side is ``jax.jit(model.apply)`` timed after compilation with
 ``block_until_ready``; the PyTorch side is eager under ``torch.inference_mode()``. The two are
 timed *interleaved* (one JAX run, one torch run, repeated) so that load from other processes
-hits both alike; each column is the median. The outputs are compared (``rel_err`` = max abs
+hits both alike; each column is the median. Both the wall-clock time and the process's CPU
+time per call (``time.process_time``: every thread, user + system) are reported: on a shared
+machine the wall clock of either framework varies ~2x with the load, its CPU time by ~1-3 %. The outputs are compared (``rel_err`` = max abs
 difference / max abs torch output), which shows the weights really are the same.
 
 The DynamiCrafter UNet3D and Resampler have no PyTorch module here (lvdm is not installed; the
@@ -461,9 +463,9 @@ def _run_case(case: Case, repeats: int, budget_s: float, torch_compile: bool) ->
     compile_s = time.perf_counter() - t0
 
     def run_jax():
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         jax.block_until_ready(jfn(*jargs))
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
     runners = {"jax": run_jax}
     row: dict[str, Any] = dict(network=case.name, config=case.config, input_shape=case.input_shape,
@@ -475,9 +477,9 @@ def _run_case(case: Case, repeats: int, budget_s: float, torch_compile: bool) ->
         def make_torch(module):
             def run():
                 with torch.inference_mode():
-                    start = time.perf_counter()
+                    start, cpu = time.perf_counter(), time.process_time()
                     tfn(module)
-                    return time.perf_counter() - start
+                    return time.perf_counter() - start, time.process_time() - cpu
             return run
 
         with torch.inference_mode():
@@ -494,7 +496,7 @@ def _run_case(case: Case, repeats: int, budget_s: float, torch_compile: bool) ->
             runners["torch_compile"] = make_torch(compiled)
 
     # Warm-up every runner once more, then size the repeats to the budget.
-    first = {k: r() for k, r in runners.items()}
+    first = {k: r()[0] for k, r in runners.items()}
     per_round = sum(first.values())
     n = int(max(3, min(repeats, budget_s // max(per_round, 1e-9))))
     times = {k: [] for k in runners}
@@ -503,17 +505,21 @@ def _run_case(case: Case, repeats: int, budget_s: float, torch_compile: bool) ->
             times[k].append(r())
     row["repeats"] = n
     for k, ts in times.items():
-        row[f"{k}_ms"] = 1e3 * float(np.median(ts))
-        row[f"{k}_min_ms"] = 1e3 * float(np.min(ts))
+        wall, cpu = np.array(ts).T
+        row[f"{k}_ms"] = 1e3 * float(np.median(wall))
+        row[f"{k}_min_ms"] = 1e3 * float(np.min(wall))
+        row[f"{k}_cpu_ms"] = 1e3 * float(np.median(cpu))
     if "torch_ms" in row:
         row["torch_over_jax"] = row["torch_ms"] / row["jax_ms"]
+        row["torch_over_jax_cpu"] = row["torch_cpu_ms"] / row["jax_cpu_ms"]
     if "torch_compile_ms" in row:
         row["torch_compile_over_jax"] = row["torch_compile_ms"] / row["jax_ms"]
     return row
 
 
 def _table(rows: list[dict], with_compile: bool) -> str:
-    head = ["network", "config", "input shape", "JAX ms", "torch ms", "torch/jax", "rel err"]
+    head = ["network", "config", "input shape", "JAX ms", "torch ms", "torch/jax",
+            "CPU torch/jax", "rel err"]
     if with_compile:
         head += ["compile ms", "compile/jax"]
     lines = []
@@ -521,7 +527,7 @@ def _table(rows: list[dict], with_compile: bool) -> str:
         f = lambda k, fmt: (fmt % r[k]) if k in r else "-"
         line = [r["network"], r["config"], r["input_shape"], f("jax_ms", "%.1f"),
                 f("torch_ms", "%.1f") if "torch_ms" in r else "n/a (no torch module)",
-                f("torch_over_jax", "%.2f"), f("rel_err", "%.1e")]
+                f("torch_over_jax", "%.2f"), f("torch_over_jax_cpu", "%.2f"), f("rel_err", "%.1e")]
         if with_compile:
             line += [f("torch_compile_ms", "%.1f"), f("torch_compile_over_jax", "%.2f")]
         lines.append(line)
@@ -592,8 +598,9 @@ def main(argv):
     meta["loadavg_end"] = os.getloadavg()
     print()
     print(_table(rows, FLAGS.torch_compile))
-    print("torch/jax > 1: Flax is faster. Medians of interleaved runs; rel err = max|jax - "
-          "torch| / max|torch| (same weights).")
+    print("torch/jax > 1: Flax is faster. Medians of interleaved runs (wall clock; CPU: the "
+          "process's CPU time per call, all threads, steadier on a shared machine); rel err = "
+          "max|jax - torch| / max|torch| (same weights).")
     if FLAGS.output_json:
         path = os.path.abspath(FLAGS.output_json)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
