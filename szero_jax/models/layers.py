@@ -189,7 +189,7 @@ class NearestUpConv(nn.Module):
     convolution of the input with that parity's summed taps (``_parity_taps``), padded on
     the side its window leans to; one transpose interleaves the four. 4/9 of the direct
     FLOPs; params are the 3x3 conv's (``kernel`` [3, 3, C, F], ``bias``). On XLA:CPU
-    1.9-2.3x faster than upsampling then convolving (the upsample convolutions were ~20 %
+    1.8-2.1x faster than upsampling then convolving (the upsample convolutions were ~20 %
     of SVD-xt's temporal decoder); results equal to float rounding (a parity's taps are
     summed before the product). Interleaving by transpose rather than nested stacks keeps
     XLA from materialising the parts twice (VAE decode temporary memory: nested stacks

@@ -279,7 +279,8 @@ def sample_latent(key, mean, logvar):
 
 # Per-frame temporary memory of a decode, measured: ~6 float32 copies of the full-resolution
 # first-level activation (576x1024, 128 channels: 1.81 GB f32 / 1.51 GB bf16 per frame on
-# XLA:CPU, experiments/benchmark_memory.py).
+# XLA:CPU, experiments/benchmark_memory.py; 1.55 / 1.42 GB since layers.NearestUpConv, so
+# the estimate is now ~20 % conservative).
 _BYTES_PER_PIXEL_CHANNEL = 6 * 4
 CHUNK_BYTES = 1 << 30  # chunk=None: as many frames per chunk as fit this estimate
 
