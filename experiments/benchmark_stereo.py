@@ -463,12 +463,11 @@ def run_benchmark(scenes, rows, *, models=None, steps=50, seed=0, depth_sources=
                 if row.name in COMPOSITE_ROWS:
                     views[label.replace(row.name, row.name + "_composite", 1)] = np.asarray(
                         composite_right(scene.left, m["sharp"], right).right)
+                left_psnr = {} if left_out is None else {"left_psnr": float(np.mean(np.asarray(
+                    psnr(np.clip(left_out, 0.0, 1.0), scene.left))))}
                 for lab, view in views.items():
                     score = _score(scene, view, use_lpips)
-                    score.update(seconds=seconds, nfe=nfe, source=src, row=row.name)
-                    if left_out is not None:
-                        score["left_psnr"] = float(np.mean(np.asarray(
-                            psnr(np.clip(left_out, 0.0, 1.0), scene.left))))
+                    score.update(seconds=seconds, nfe=nfe, source=src, row=row.name, **left_psnr)
                     per["rows"][lab] = score
                     log(f"  {lab:22s} PSNR {score['psnr']:6.2f}  SSIM {score['ssim']:.3f}  "
                         + (f"LPIPS {score['lpips']:.3f}  " if use_lpips else "")
