@@ -10,7 +10,8 @@ decoder alone (encoder params untouched, so every latent and the models trained 
 valid) on whole frames, logging the held-out VAE measure at each checkpoint. Extra stages
 (EXTRA_STAGES, never in "all") add a network to the family in --output_dir: sd trains the
 tiny Stable Diffusion UNet on single frames + captions with the family's frozen VAE and text
-encoder, logging a held-out eps-loss at each checkpoint. World clips
+encoder, logging a held-out eps-loss at each checkpoint; sd_depth fine-tunes it into the SD 2
+depth variant (a fifth input channel: the frame's depth map). World clips
 (training seeds 0..num_clips-1 only) are rendered once into a cache in --work_dir. Each
 stage's optax state is checkpointed with orbax in --work_dir/state_<stage>; --resume
 continues from it. Finished networks are written with `save_params` to --output_dir/<name>/.
@@ -52,19 +53,23 @@ from szero_jax.models.vae import AutoencoderKL
 from szero_jax.pipelines.bundles import Net, load_video_models
 from szero_jax.pipelines.conditioning import encode_latents, image_tokens, text_embedding
 from szero_jax.pipelines.config import check_int
+from szero_jax.pipelines.image import sd_depth_condition
 
 STAGES = ("vae", "clip", "video", "depth", "eval")
 FINE_TUNE_STAGES = ("vae_decoder",)  # start from --init_from; not part of "all"
 # Stages that add a network to a trained family (its vae / text_encoder in output_dir), not
-# part of "all": sd trains the tiny Stable Diffusion UNet.
-EXTRA_STAGES = ("sd",)
+# part of "all": sd trains the tiny Stable Diffusion UNet, sd_depth its SD 2 depth variant
+# (from output_dir's sd_unet).
+EXTRA_STAGES = ("sd", "sd_depth")
 ALL_STAGES = STAGES + FINE_TUNE_STAGES + EXTRA_STAGES
 # The shipped totals (MODEL_CARD.md); vae_decoder: the candidate's run ("Decoder fine-tune").
 DEFAULT_STEPS = {"vae": 1400, "clip": 150, "video": 1600, "depth": 600, "vae_decoder": 4000,
-                 "sd": 3000}
-DEFAULT_BATCH = {"vae": 16, "clip": 64, "video": 4, "depth": 4, "vae_decoder": 8, "sd": 16}
+                 "sd": 3000, "sd_depth": 2000}
+DEFAULT_BATCH = {"vae": 16, "clip": 64, "video": 4, "depth": 4, "vae_decoder": 8, "sd": 16,
+                 "sd_depth": 16}
 # vae_decoder: half the from-scratch rate, as it starts from a trained decoder (project choice).
-LR = {"vae": 1e-3, "clip": 1e-3, "video": 1e-3, "depth": 1e-3, "vae_decoder": 5e-4, "sd": 1e-3}
+LR = {"vae": 1e-3, "clip": 1e-3, "video": 1e-3, "depth": 1e-3, "vae_decoder": 5e-4, "sd": 1e-3,
+      "sd_depth": 5e-4}  # sd_depth starts from the trained sd_unet: half its rate (project choice)
 VAE_CROP = 32  # the VAE is convolutional: train on crops, evaluate on whole frames
 KL_WEIGHT = 1e-6  # ldm models/first_stage_models/kl-f*/config.yaml kl_weight
 DEPTH_FRACTION = 0.25  # share of VAE batches that are disparity maps (the depth model's input)
@@ -634,7 +639,8 @@ def sd_context(text_params, text_cfg, tokens):
 def sd_loss(unet, alphas_cumprod):
     """SD's objective: eps-MSE at t ~ U{0..999} on the scaled-linear schedule, the caption
     replaced by the empty prompt's context with SD_UNCOND_PROB. ``frozen["null"]`` [1, N, D];
-    batch {"z": scaled latents [B, h, w, 4], "context": [B, N, D]}."""
+    batch {"z": scaled latents [B, h, w, 4], "context": [B, N, D]} and, for SD 2 depth,
+    "depth" [B, h, w, 1] (never dropped: depth2img guides on the text only)."""
     ab = jnp.asarray(alphas_cumprod, F32)
 
     def loss_fn(params, frozen, batch, key):
@@ -645,15 +651,30 @@ def sd_loss(unet, alphas_cumprod):
         t = jax.random.randint(kt, (b,), 0, ab.shape[0])
         a = ab[t][:, None, None, None]
         eps = jax.random.normal(kn, z0.shape)
-        out = unet.apply(params, jnp.sqrt(a) * z0 + jnp.sqrt(1 - a) * eps, t, ctx)
-        return jnp.mean((out - eps) ** 2), {}
+        x = jnp.sqrt(a) * z0 + jnp.sqrt(1 - a) * eps
+        if "depth" in batch:
+            x = jnp.concatenate([x, batch["depth"]], -1)
+        return jnp.mean((unet.apply(params, x, t, ctx) - eps) ** 2), {}
     return loss_fn
 
 
-def sd_heldout_monitor(config: TrainConfig, unet, vae_params, vae_cfg, text_params, text_cfg):
+def sd_depth_conditions(disparity):
+    """SD 2 depth conditions [..., h, w, 1] of true disparities [..., H, W] (near = larger),
+    at the 4x latent size, through the pipelines' own map (``image.sd_depth_condition``)."""
+    h, w = disparity.shape[-2:]
+    flat = disparity.reshape((-1, h, w))
+    f = jax.jit(lambda d: sd_depth_condition(d, "disparity", (h // 4, w // 4)))
+    out = np.concatenate([np.asarray(f(flat[k:k + 256])) for k in range(0, len(flat), 256)])
+    return out.reshape(disparity.shape[:-2] + out.shape[1:])
+
+
+def sd_heldout_monitor(config: TrainConfig, unet, vae_params, vae_cfg, text_params, text_cfg,
+                       name: str = "sd"):
     """``on_save(step, params)``: eps-MSE on held-out clips (seeds from HELDOUT_SEED_START,
     frames SD_EVAL_FRAMES, timesteps SD_EVAL_T, fixed noise, captioned), appended to
-    work_dir/heldout_sd.jsonl; returns the monitor and the held-out seeds."""
+    work_dir/heldout_<name>.jsonl. A depth UNet (5 input channels) is scored with each
+    frame's true depth condition and, as "eps_mse_wrong_depth", with the next clip's: the gap
+    is how much the model uses the depth. Returns the monitor and the held-out seeds."""
     held = eval_tiny.HeldOut.render(config.num_eval, config.height, config.width,
                                     max(SD_EVAL_FRAMES) + 1)
     frames = np.round(held.video01[:, list(SD_EVAL_FRAMES)] * 255).astype(np.uint8)
@@ -663,38 +684,54 @@ def sd_heldout_monitor(config: TrainConfig, unet, vae_params, vae_cfg, text_para
                     len(SD_EVAL_FRAMES), axis=0)
     ab = stable_diffusion_schedule().alphas_cumprod
     eps = np.random.default_rng(1234).standard_normal((len(SD_EVAL_T),) + z.shape, np.float32)
+    depths = {}
+    if unet is not None and unet.config.in_channels == 5:
+        d = sd_depth_conditions(held.disparity[:, list(SD_EVAL_FRAMES)])
+        d = d.reshape((-1,) + d.shape[2:])
+        depths = {"": d, "_wrong_depth": np.roll(d, len(SD_EVAL_FRAMES), axis=0)}
 
     @jax.jit
-    def losses(params):
+    def losses(params, depth):
         def one(t, e):
             a = float(ab[t])
-            out = unet.apply(params, np.sqrt(a) * z + np.sqrt(1 - a) * e, jnp.full((len(z),), t), ctx)
-            return jnp.mean((out - e) ** 2)
+            x = np.sqrt(a) * z + np.sqrt(1 - a) * e
+            if depth is not None:
+                x = jnp.concatenate([x, depth], -1)
+            return jnp.mean((unet.apply(params, x, jnp.full((len(z),), t), ctx) - e) ** 2)
         return jnp.stack([one(t, eps[k]) for k, t in enumerate(SD_EVAL_T)])
 
-    path, t0 = Path(config.work_dir) / "heldout_sd.jsonl", time.time()
+    path, t0 = Path(config.work_dir) / f"heldout_{name}.jsonl", time.time()
 
     def on_save(step, params):
-        per_t = [float(v) for v in losses(params)]
-        row = {"step": step, "run_wall_s": round(time.time() - t0, 1),
-               "eps_mse": float(np.mean(per_t)), "eps_mse_per_t": dict(zip(SD_EVAL_T, per_t))}
-        logging.info("[sd] held-out at step %d: %s", step, row)
+        row = {"step": step, "run_wall_s": round(time.time() - t0, 1)}
+        for suffix, depth in (depths or {"": None}).items():
+            per_t = [float(v) for v in losses(params, depth)]
+            row[f"eps_mse{suffix}"] = float(np.mean(per_t))
+            row[f"eps_mse{suffix}_per_t"] = dict(zip(SD_EVAL_T, per_t))
+        logging.info("[%s] held-out at step %d: %s", name, step, row)
         with open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
     return on_save, held.seeds
+
+
+def _sd_data(config: TrainConfig, data):
+    """The SD stages' frozen inputs: scaled latents [N, T, h, w, 4] of the training clips,
+    caption contexts [N, L, D], the empty prompt's, and the VAE / text encoder."""
+    vae_params, vae_cfg = load(config, "vae")
+    text_params, text_cfg = load(config, "text_encoder")
+    z = video_latents(config, vae_params, vae_cfg, data["video"]) * vae_cfg.scaling_factor
+    context = sd_context(text_params, text_cfg, data["tokens"])
+    null = sd_context(text_params, text_cfg, tiny.tokenizer()([""]))
+    return z, context, null, (vae_params, vae_cfg, text_params, text_cfg)
 
 
 def stage_sd(config: TrainConfig, data):
     """The tiny SD UNet (tiny.SD_UNET) on single frames of the training clips and their
     captions, on output_dir's VAE latents and text encoder (both frozen, shared with the
     video family); saved as output_dir/sd_unet (``load_sd_models`` pairs it with them)."""
-    vae_params, vae_cfg = load(config, "vae")
-    text_params, text_cfg = load(config, "text_encoder")
+    z, context, null, frozen_nets = _sd_data(config, data)
     unet, bs = UNet2DCondition(tiny.SD_UNET), config.batch_for("sd")
-    n, t = data["video"].shape[:2]
-    z = video_latents(config, vae_params, vae_cfg, data["video"]) * vae_cfg.scaling_factor
-    context = sd_context(text_params, text_cfg, data["tokens"])
-    frozen = {"null": sd_context(text_params, text_cfg, tiny.tokenizer()([""]))}
+    n, t = z.shape[:2]
 
     def batch_fn(rng):
         i, f = rng.integers(n, size=bs), rng.integers(t, size=bs)
@@ -702,18 +739,55 @@ def stage_sd(config: TrainConfig, data):
 
     params = jax.jit(unet.init)(jax.random.PRNGKey(config.seed + 5), jnp.zeros((1,) + z.shape[2:]),
                                 jnp.zeros((1,)), jnp.asarray(context[:1]))
-    on_save, _ = sd_heldout_monitor(config, unet, vae_params, vae_cfg, text_params, text_cfg)
+    on_save, _ = sd_heldout_monitor(config, unet, *frozen_nets)
     params, report = fit(config, "sd", params, sd_loss(unet, stable_diffusion_schedule().alphas_cumprod),
-                         batch_fn, frozen, on_save)
+                         batch_fn, {"null": null}, on_save)
     # The training latents' per-channel mean: the pipelines' x_T (UNet2DConfig.latent_mean).
     mean = tuple(float(v) for v in z.reshape(-1, z.shape[-1]).mean(axis=0))
     save(config, "sd_unet", params, dataclasses.replace(tiny.SD_UNET, latent_mean=mean))
     return report
 
 
+def with_zero_channels(params, extra: int):
+    """``params`` with ``extra`` zero input channels appended to the UNet's conv_in kernel:
+    the extra inputs start with no effect (InstructPix2Pix's zero-initialised added input
+    channels, Brooks et al. 2023 Sec. 3.2), so the fine-tune starts at the source model."""
+    out = jax.tree.map(lambda x: x, params)
+    k = out["params"]["conv_in"]["kernel"]
+    out["params"]["conv_in"]["kernel"] = jnp.concatenate(
+        [k, jnp.zeros(k.shape[:2] + (extra, k.shape[3]), k.dtype)], axis=2)
+    return out
+
+
+def stage_sd_depth(config: TrainConfig, data):
+    """The tiny SD 2 depth UNet (tiny.SD_DEPTH_UNET): output_dir's sd_unet with a fifth input
+    channel (zero-initialised), fine-tuned on single frames + captions + each frame's depth
+    condition (its true disparity through ``sd_depth_conditions``); saved as
+    output_dir/sd_depth_unet (``load_sd_models(depth=True)``)."""
+    z, context, null, frozen_nets = _sd_data(config, data)
+    depth = sd_depth_conditions(data["disparity"])
+    sd_params, sd_cfg = load(config, "sd_unet")
+    cfg = dataclasses.replace(sd_cfg, in_channels=tiny.SD_DEPTH_UNET.in_channels)
+    unet, bs = UNet2DCondition(cfg), config.batch_for("sd_depth")
+    n, t = z.shape[:2]
+
+    def batch_fn(rng):
+        i, f = rng.integers(n, size=bs), rng.integers(t, size=bs)
+        return {"z": z[i, f], "context": context[i], "depth": depth[i, f]}
+
+    params = with_zero_channels(sd_params, cfg.in_channels - sd_cfg.in_channels)
+    on_save, _ = sd_heldout_monitor(config, unet, *frozen_nets, name="sd_depth")
+    params, report = fit(config, "sd_depth", params,
+                         sd_loss(unet, stable_diffusion_schedule().alphas_cumprod),
+                         batch_fn, {"null": null}, on_save)
+    save(config, "sd_depth_unet", params, cfg)
+    return report
+
+
 # ----------------------------------------------------------------------------- run
 STAGE_FNS = {"vae": stage_vae, "clip": stage_clip, "video": stage_video, "depth": stage_depth,
-             "vae_decoder": stage_vae_decoder, "sd": stage_sd}
+             "vae_decoder": stage_vae_decoder, "sd": stage_sd,
+             "sd_depth": stage_sd_depth}
 
 
 def train(config: TrainConfig) -> dict:

@@ -10,12 +10,14 @@ Networks (name -> family, config):
     depth_unet     "depthcrafter_unet"  DepthCrafter / SVD spatio-temporal UNet
     sd_unet        "sd15_unet"          Stable Diffusion 1.5 UNet2DCondition (StereoDiffusion);
                                         with ``vae`` and ``text_encoder`` it is the tiny SD
+    sd_depth_unet  "sd2_depth_unet"     the same with SD 2 depth's fifth input channel
 
 The configs below are the ones training starts from; the saved ``config.json`` is the truth
 (the VAE's ``scaling_factor`` is measured on the training latents, as SD's 0.18215 was).
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,8 @@ WIDTH_EMBED = 64  # text/vision width = UNet context width (real: 1024)
 
 FAMILIES = {"vae": "vae", "text_encoder": "clip_text", "image_encoder": "clip_vision",
             "resampler": "resampler", "video_unet": "dynamicrafter_unet",
-            "depth_unet": "depthcrafter_unet", "sd_unet": "sd15_unet"}
+            "depth_unet": "depthcrafter_unet", "sd_unet": "sd15_unet",
+            "sd_depth_unet": "sd2_depth_unet"}
 
 
 def tokenizer() -> WordTokenizer:
@@ -91,6 +94,10 @@ DEPTH_UNET = UNetSTConfig(in_channels=8, out_channels=4, block_out_channels=(32,
 SD_UNET = UNet2DConfig(in_channels=4, out_channels=4, block_out_channels=(32, 64),
                        layers_per_block=1, heads=(2, 4), cross_attention_dim=WIDTH_EMBED,
                        cross_attn=(False, True), sample_size=HEIGHT // 4)
+# Tiny SD 2 depth: the tiny SD's UNet with a fifth input channel, the depth condition
+# (pipelines.image.sd_depth_condition), like sd-2-depth's unet/config.json (in_channels 5,
+# epsilon), fine-tuned from sd_unet as sd-2-depth was from sd-2-base (its model card).
+SD_DEPTH_UNET = dataclasses.replace(SD_UNET, in_channels=5)
 # Sampling defaults of the tiny SD (generate_image without --checkpoint). max_disparity: as
 # the video family's (StereoDiffusion's 0.08 is up to 5 latent pixels on SD's 64-wide latent
 # at 512; ours is 32 wide); at 0.08 the latent shift rounds most disparities to 0 or 4 px.

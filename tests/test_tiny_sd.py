@@ -69,7 +69,7 @@ def test_sd_stage_trains_saves_and_loads(tmp_path):
     out = _family_without_sd(tmp_path / "out")
     cfg = TrainConfig(stage="sd", steps=3, batch_size=2, num_clips=2, latent_clips=2,
                       height=32, width=32,
-                      num_eval=1, save_every=2, work_dir=str(tmp_path / "work"),
+                      num_eval=2, save_every=2, work_dir=str(tmp_path / "work"),
                       output_dir=str(out))
     report = train(cfg)["sd"]
     assert report["steps"] == 3 and np.isfinite(report["final_loss"])
@@ -87,6 +87,28 @@ def test_sd_stage_trains_saves_and_loads(tmp_path):
                                sampling=SamplingConfig.stereo_image(steps=2),
                                depth_map=np.linspace(0, 1, 32)[None].repeat(32, 0))
     assert res.left.shape == res.right.shape == (32, 32, 3)
+
+    # sd_depth: the trained sd_unet plus a zero-initialised depth channel, so at step 0 the
+    # held-out loss is the sd_unet's and does not depend on the depth condition.
+    from szero_jax.pipelines import depth_to_stereo_image
+    cfg = dataclasses.replace(cfg, stage="sd_depth", steps=2)
+    assert train(cfg)["sd_depth"]["steps"] == 2
+    rows_d = [json.loads(r) for r in
+              (tmp_path / "work" / "heldout_sd_depth.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows_d] == [0, 2]
+    np.testing.assert_allclose(rows_d[0]["eps_mse"], rows[-1]["eps_mse"], rtol=1e-5)
+    assert rows_d[0]["eps_mse_wrong_depth"] == rows_d[0]["eps_mse"]
+    assert rows_d[1]["eps_mse_wrong_depth"] != rows_d[1]["eps_mse"]   # now it reads the depth
+    models = load_sd_models(out, depth=True)
+    assert models.unet.config == dataclasses.replace(load_sd_models(out).unet.config,
+                                                     in_channels=5)
+    res = depth_to_stereo_image(models, np.linspace(1, 2, 32)[None].repeat(32, 0), "a red disc",
+                                sampling=SamplingConfig.stereo_image(steps=2))
+    assert res.left.shape == res.right.shape == (32, 32, 3)
+    with pytest.raises(ValueError, match="needs a 4-channel SD UNet"):
+        text_to_stereo_image(models, "a red disc", size=(32, 32),
+                             sampling=SamplingConfig.stereo_image(steps=2),
+                             depth_map=np.ones((32, 32)))
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no shipped sd_unet")

@@ -203,21 +203,25 @@ def load_video_models(path=None, dtype="float32") -> VideoModels:
                        depth=depth, dtype=dtype, **nets)
 
 
-def load_sd_models(path=None, dtype="float32") -> SDModels:
+def load_sd_models(path=None, dtype="float32", depth: bool = False) -> SDModels:
     """An ``SDModels`` from ``path/{unet, vae, text_encoder, tokenizer}``, float params cast
     to ``dtype`` (the compute dtype) while they are read. A tiny-family directory (``sd_unet/``
     instead of ``unet/``) gives the tiny SD: its UNet on the family's own VAE and text
-    encoder, read in place (no copies); ``path`` None is the shipped family's."""
+    encoder, read in place (no copies); ``depth`` takes its SD 2 depth UNet
+    (``sd_depth_unet/``) instead; ``path`` None is the shipped family's. (A converted SD 2
+    depth checkpoint is a ``unet/`` with 5 input channels: ``depth`` is not needed.)"""
     dtype = _dtype(dtype)
     root = checkpoints.TINY_DIR if path is None else Path(path)
-    unet_dir = root / "unet" if (root / "unet").is_dir() else root / "sd_unet"
+    tiny_unet = root / ("sd_depth_unet" if depth else "sd_unet")
+    unet_dir = root / "unet" if (root / "unet").is_dir() else tiny_unet
     missing = [n for n, p in (("unet", unet_dir), ("vae", root / "vae"),
                               ("text_encoder", root / "text_encoder")) if not p.is_dir()]
     if missing:
         raise FileNotFoundError(
             f"checkpoint: {root} lacks {missing}; expected an SD checkpoint with unet/, vae/, "
             "text_encoder/ and tokenizer/, or a tiny family with sd_unet/"
-            + (" (experiments/train_tiny.py --stage sd trains it)" if path is None else ""))
+            + (f" (experiments/train_tiny.py --stage {'sd_depth' if depth else 'sd'} trains it)"
+               if path is None else ""))
     nets = {"unet": _net(unet_dir, dtype=dtype), "vae": _net(root / "vae", dtype=dtype),
             "text_encoder": _net(root / "text_encoder", dtype=dtype)}
     for name, cls in (("unet", C.UNet2DConfig), ("vae", C.VAEConfig),

@@ -162,11 +162,20 @@ def _texts(models, timer, prompt, negative_prompt):
 
 
 def _disparities(depth_map, depth: DepthConfig, latent_hw):
-    """depth [H, W] -> (pixels [H, W], latent pixels [1, h, w], normalised near=1 [H, W])."""
-    d = jnp.asarray(depth_map)[None]
-    px = disparity_from_depth(d, depth.max_disparity, depth.kind)
-    norm = disparity_from_depth(d, 1.0, depth.kind) / d.shape[-1]
-    return np.asarray(px[0]), resize_disparity(px, latent_hw), norm
+    """depth [H, W] -> (pixels [H, W], latent pixels [1, h, w])."""
+    px = disparity_from_depth(jnp.asarray(depth_map)[None], depth.max_disparity, depth.kind)
+    return np.asarray(px[0]), resize_disparity(px, latent_hw)
+
+
+def sd_depth_condition(depth_map, kind: str, latent_hw) -> jax.Array:
+    """SD 2 depth's extra UNet input from depth maps [B, H, W] -> [B, h, w, 1]: the inverse
+    depth (``kind`` as ``disparity_from_depth``; near = 1) resized to latent size (bicubic)
+    and min-max to [-1, 1] per map (diffusers ``StableDiffusionDepth2ImgPipeline``). The
+    tiny SD depth model was trained on exactly this map of the world's disparities."""
+    d = jnp.asarray(depth_map, jnp.float32)
+    near = disparity_from_depth(d, 1.0, kind)  # scale-free after the min-max below
+    small = jax.image.resize(near, (d.shape[0],) + tuple(latent_hw), "bicubic")
+    return minmax_signed(small, axes=(-2, -1))[..., None]
 
 
 def _result(models, timer, out, disparity_px, job) -> StereoImage:
@@ -211,7 +220,7 @@ def text_to_stereo_image(models: SDModels, prompt: str, *, size: tuple = (512, 5
         left = np.asarray(timer.run("decode_left", _decode, models.vae.params, z,
                                     vae_cfg=models.vae.config, dtype=models.dtype))[0]
         depth_map = check_depth(depth_map(left), (height, width), "depth_map(left)")
-    px, lat, _ = _disparities(depth_map, depth, x_T.shape[1:3])
+    px, lat = _disparities(depth_map, depth, x_T.shape[1:3])
     out = timer.run("stereo", _stereo, models.unet.params, cond, uncond, x_T, lat, plan, k_s,
                     job.events, per_step=False, total=sampling.steps, **job.statics)
     return _result(models, timer, out, px, job)
@@ -238,7 +247,7 @@ def image_to_stereo_image(models: SDModels, image, depth_map, *, prompt: str = "
     inv = timer.run("inversion", _null_text, models.unet.params, z0, plan, cond, uncond,
                     config=stereo.null_text,
                     total=sampling.steps * (stereo.null_text.inner_steps + 3), **job.statics)
-    px, lat, _ = _disparities(depth_map, depth, z0.shape[1:3])
+    px, lat = _disparities(depth_map, depth, z0.shape[1:3])
     out = timer.run("stereo", _stereo, models.unet.params, cond, inv.uncond, inv.x_T, lat, plan,
                     jax.random.PRNGKey(sampling.seed), job.events, per_step=True,
                     total=sampling.steps, **job.statics)
@@ -262,9 +271,8 @@ def depth_to_stereo_image(models: SDModels, depth_map, prompt: str, *,
     timer = StageTimer(callback)
     cond, uncond = _texts(models, timer, prompt, sampling.negative_prompt)
     f = models.vae_factor
-    px, lat, norm = _disparities(depth_map, depth, (h // f, w // f))
-    # depth2img: the (inverse) depth map resized to latent size, min-max to [-1, 1].
-    cond_map = minmax_signed(jax.image.resize(norm, (1, h // f, w // f), "bicubic"))[..., None]
+    px, lat = _disparities(depth_map, depth, (h // f, w // f))
+    cond_map = sd_depth_condition(depth_map[None], depth.kind, (h // f, w // f))
     cond, uncond = dict(cond, depth=cond_map), dict(uncond, depth=cond_map)
     k_x, k_s = jax.random.split(jax.random.PRNGKey(sampling.seed))
     plan = _plan(job.sampling)
