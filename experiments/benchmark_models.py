@@ -40,14 +40,15 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from typing import Any, Callable
 
 import numpy as np
 from absl import app, flags
 
-flags.DEFINE_integer("repeats", 7, "timed runs per framework (interleaved, after warm-up)")
+from experiments import common_flags as cf
+from szero_jax.io.atomic import atomic_output
+
 flags.DEFINE_integer("threads", 0, "CPU threads for both frameworks (0: all schedulable CPUs)")
 flags.DEFINE_list("only", [], "run only these case names (prefix match), e.g. sd_unet,clip")
 flags.DEFINE_bool("full", False, "also run one full-size configuration per network")
@@ -57,10 +58,10 @@ flags.DEFINE_float("budget_s", 60.0, "soft cap on timed seconds per case (fewer 
 flags.DEFINE_bool("torch_compile", False, "also time torch.compile (default mode) per case")
 flags.DEFINE_bool("omp_passive", True, "set OMP_WAIT_POLICY=PASSIVE for torch (unless already "
                   "set): on a shared CPU, spinning OpenMP workers make torch several times slower")
-flags.DEFINE_string("output_json", "", "write the results here (JSON) as well")
 flags.DEFINE_bool("attention_ratio", False, "instead: time the tiny family's networks on the "
                   "default attention settings (blockwise on a CPU) against the original path "
                   "(attention.LEGACY), interleaved in one run, and print the ratio")
+cf.declare(__name__, "repeats", "output_json")  # timed runs per framework, interleaved
 FLAGS = flags.FLAGS
 
 
@@ -569,8 +570,7 @@ def main(argv):
             print(f"{r['network']} | {r['input_shape']} | {r['new_ms']:.1f} | {r['old_ms']:.1f} | "
                   f"{r['new_over_old']:.2f} | {r['rel_err']:.1e}")
         if FLAGS.output_json:
-            with open(FLAGS.output_json, "w") as fh:
-                json.dump(dict(rows=rows), fh, indent=2)
+            _write_json(FLAGS.output_json, dict(rows=rows))
         return
     cases = all_cases(FLAGS.full, FLAGS.reduced, FLAGS.full_frames)
     if FLAGS.only:
@@ -602,13 +602,15 @@ def main(argv):
           "process's CPU time per call, all threads, steadier on a shared machine); rel err = "
           "max|jax - torch| / max|torch| (same weights).")
     if FLAGS.output_json:
-        path = os.path.abspath(FLAGS.output_json)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(dict(meta=meta, rows=rows), fh, indent=2)
-        os.replace(tmp, path)
-        print(f"wrote {path}")
+        _write_json(FLAGS.output_json, dict(meta=meta, rows=rows))
+
+
+def _write_json(path, obj):
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2))
+    print(f"wrote {os.path.abspath(path)}")
 
 
 if __name__ == "__main__":
+    cf.set_defaults(repeats=7)
     sys.exit(app.run(main))
