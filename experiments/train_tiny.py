@@ -7,7 +7,8 @@ UNet + Resampler, CLIP frozen) -> depth (DepthCrafter UNet; VAE and image encode
 -> eval (held-out metrics JSON and the sample grid, experiments/eval_tiny.py). Fine-tuning
 stages (FINE_TUNE_STAGES, never in "all", need --init_from): vae_decoder trains the VAE
 decoder alone (encoder params untouched, so every latent and the models trained on them stay
-valid) on whole frames, logging the held-out VAE measure at each checkpoint. Extra stages
+valid) on whole frames, logging the held-out VAE measure at each checkpoint; vae_joint trains
+the whole VAE on whole frames (a new latent space: the UNets must follow). Extra stages
 (EXTRA_STAGES, never in "all") add a network to the family in --output_dir: sd trains the
 tiny Stable Diffusion UNet on single frames + captions with the family's frozen VAE and text
 encoder, logging a held-out eps-loss at each checkpoint; sd_depth fine-tunes it into the SD 2
@@ -56,7 +57,7 @@ from szero_jax.pipelines.config import check_int
 from szero_jax.pipelines.image import sd_depth_condition
 
 STAGES = ("vae", "clip", "video", "depth", "eval")
-FINE_TUNE_STAGES = ("vae_decoder",)  # start from --init_from; not part of "all"
+FINE_TUNE_STAGES = ("vae_decoder", "vae_joint")  # start from --init_from; not part of "all"
 # Stages that add a network to a trained family (its vae / text_encoder in output_dir), not
 # part of "all": sd trains the tiny Stable Diffusion UNet, sd_depth its SD 2 depth variant
 # (from output_dir's sd_unet).
@@ -64,11 +65,12 @@ EXTRA_STAGES = ("sd", "sd_depth")
 ALL_STAGES = STAGES + FINE_TUNE_STAGES + EXTRA_STAGES
 # The shipped totals (MODEL_CARD.md); vae_decoder: the candidate's run ("Decoder fine-tune").
 DEFAULT_STEPS = {"vae": 1400, "clip": 150, "video": 1600, "depth": 600, "vae_decoder": 4000,
+                 "vae_joint": 4000,
                  "sd": 3000, "sd_depth": 2000}
-DEFAULT_BATCH = {"vae": 16, "clip": 64, "video": 4, "depth": 4, "vae_decoder": 8, "sd": 16,
+DEFAULT_BATCH = {"vae": 16, "clip": 64, "video": 4, "depth": 4, "vae_decoder": 8, "vae_joint": 8, "sd": 16,
                  "sd_depth": 16}
 # vae_decoder: half the from-scratch rate, as it starts from a trained decoder (project choice).
-LR = {"vae": 1e-3, "clip": 1e-3, "video": 1e-3, "depth": 1e-3, "vae_decoder": 5e-4, "sd": 1e-3,
+LR = {"vae": 1e-3, "clip": 1e-3, "video": 1e-3, "depth": 1e-3, "vae_decoder": 5e-4, "vae_joint": 5e-4, "sd": 1e-3,
       "sd_depth": 5e-4}  # sd_depth starts from the trained sd_unet: half its rate (project choice)
 VAE_CROP = 32  # the VAE is convolutional: train on crops, evaluate on whole frames
 KL_WEIGHT = 1e-6  # ldm models/first_stage_models/kl-f*/config.yaml kl_weight
@@ -308,6 +310,16 @@ def vae_loss(model):
     return loss_fn
 
 
+def latent_scaling(model, params, video_u8) -> float:
+    """scaling_factor = 1 / std of the training latents (how SD's 0.18215 was chosen), over
+    every 4th frame of the first 64 clips."""
+    enc = jax.jit(lambda p, x: model.apply(p, x, method="encode")[0])
+    sample = to_signed(video_u8[:64:4].reshape((-1,) + video_u8.shape[2:]))
+    z = np.concatenate([np.asarray(enc(params, sample[k:k + 32])) for k in range(0, len(sample), 32)])
+    logging.info("VAE latent std %.4f", z.std())
+    return float(1.0 / z.std())
+
+
 def stage_vae(config: TrainConfig, data):
     model, cfg = AutoencoderKL(tiny.VAE), tiny.VAE
     bs = config.batch_for("vae")
@@ -328,12 +340,8 @@ def stage_vae(config: TrainConfig, data):
 
     params = jax.jit(model.init)(jax.random.PRNGKey(config.seed), jnp.zeros((1, VAE_CROP, VAE_CROP, 3)))
     params, report = fit(config, "vae", params, vae_loss(model), batch_fn, None)
-    # scaling_factor = 1 / std of the training latents (how SD's 0.18215 was chosen).
-    enc = jax.jit(lambda p, x: model.apply(p, x, method="encode")[0])
-    sample = to_signed(video[:64:4].reshape(-1, h, w, 3))
-    z = np.concatenate([np.asarray(enc(params, sample[k:k + 32])) for k in range(0, len(sample), 32)])
-    cfg = dataclasses.replace(cfg, scaling_factor=float(1.0 / z.std()))
-    logging.info("VAE latent std %.4f -> scaling_factor %.4f", z.std(), cfg.scaling_factor)
+    cfg = dataclasses.replace(cfg, scaling_factor=latent_scaling(model, params, video))
+    logging.info("VAE scaling_factor %.4f", cfg.scaling_factor)
     save(config, "vae", params, cfg)
     return report
 
@@ -456,19 +464,19 @@ def vae_decoder_loss(model, lpips_weight=LPIPS_WEIGHT):
     return loss_fn
 
 
-def heldout_vae_monitor(config: TrainConfig, vae_cfg, encoder_side):
-    """``on_save(step, decoder_params)``: the eval stage's VAE measure (``eval_tiny.eval_vae``:
-    num_eval held-out clips, posterior mean) with these decoder params, appended to
-    work_dir/heldout_vae_decoder.jsonl with the wall time since this run started."""
+def heldout_vae_monitor(config: TrainConfig, vae_cfg, encoder_side, stage="vae_decoder"):
+    """``on_save(step, params)``: the eval stage's VAE measure (``eval_tiny.eval_vae``:
+    num_eval held-out clips, posterior mean) with these params (+ ``encoder_side``), appended
+    to work_dir/heldout_<stage>.jsonl with the wall time since this run started."""
     models = load_video_models(config.init_from)
     clips = eval_tiny.HeldOut.render(config.num_eval, config.height, config.width, config.frames)
-    path, t0 = Path(config.work_dir) / "heldout_vae_decoder.jsonl", time.time()
+    path, t0 = Path(config.work_dir) / f"heldout_{stage}.jsonl", time.time()
 
     def on_save(step, params):
         net = Net(vae_cfg, {**encoder_side, **params})
         m, _ = eval_tiny.eval_vae(dataclasses.replace(models, vae=net), clips)
         row = {"step": step, "run_wall_s": round(time.time() - t0, 1), **m}
-        logging.info("[vae_decoder] held-out at step %d: %s", step, row)
+        logging.info("[%s] held-out at step %d: %s", stage, step, row)
         with open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
     return on_save
@@ -508,6 +516,48 @@ def stage_vae_decoder(config: TrainConfig, data):
     params, report = fit(config, "vae_decoder", params, vae_decoder_loss(model), batch_fn,
                          encoder_side, on_save)
     save(config, "vae", {"params": {**encoder_side, **params}}, vae_cfg)
+    return report
+
+
+def vae_joint_loss(model, lpips_weight=LPIPS_WEIGHT):
+    """The whole VAE on whole frames: L1 + lpips_weight x LPIPS of the decoded posterior
+    sample + KL_WEIGHT x KL (the vae stage's KL; LDM's autoencoder loss, without its GAN)."""
+    def loss_fn(params, frozen, batch, key):
+        mean, logvar = model.apply(params, batch, method="encode")
+        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
+        rec = model.apply(params, z, method="decode")
+        perceptual = jnp.mean(lpips((rec + 1.0) / 2.0, (batch + 1.0) / 2.0))
+        kl = 0.5 * jnp.sum(mean ** 2 + jnp.exp(logvar) - 1.0 - logvar) / batch.size
+        mse = jnp.mean((jnp.clip(rec, -1, 1) - batch) ** 2)
+        return (jnp.mean(jnp.abs(rec - batch)) + lpips_weight * perceptual + KL_WEIGHT * kl,
+                {"lpips": perceptual, "psnr": 10 * jnp.log10(4.0 / mse)})
+    return loss_fn
+
+
+def stage_vae_joint(config: TrainConfig, data):
+    """Fine-tunes init_from's whole VAE, encoder included, on whole frames (DEPTH_FRACTION
+    of them disparity maps) with ``vae_joint_loss``, then re-measures ``scaling_factor`` (1 /
+    std of the training latents, as the vae stage). The latent space moves, so the video,
+    depth and SD models must be retrained on it (issue 15: the decoder alone stalls at
+    22 dB because the latent has lost what it needs)."""
+    vae_params, vae_cfg = checkpoints.load_params(Path(config.init_from) / "vae",
+                                                  tiny.FAMILIES["vae"])
+    model, bs = AutoencoderKL(vae_cfg), config.batch_for("vae_joint")
+    video, disp = data["video"], data["disparity"]
+    n, t = disp.shape[:2]
+
+    def batch_fn(rng):
+        i, f = rng.integers(n, size=bs), rng.integers(t, size=bs)
+        out = to_signed(video[i, f])
+        for k in np.flatnonzero(rng.random(bs) < DEPTH_FRACTION):
+            out[k] = gray3(normalise_disparity(disp[i[k]])[f[k]])
+        return out
+
+    on_save = heldout_vae_monitor(config, vae_cfg, {}, "vae_joint")
+    params, report = fit(config, "vae_joint", vae_params, vae_joint_loss(model), batch_fn, None,
+                         lambda step, p: on_save(step, p["params"]))
+    save(config, "vae", params, dataclasses.replace(
+        vae_cfg, scaling_factor=latent_scaling(model, params, video)))
     return report
 
 
@@ -786,7 +836,7 @@ def stage_sd_depth(config: TrainConfig, data):
 
 # ----------------------------------------------------------------------------- run
 STAGE_FNS = {"vae": stage_vae, "clip": stage_clip, "video": stage_video, "depth": stage_depth,
-             "vae_decoder": stage_vae_decoder, "sd": stage_sd,
+             "vae_decoder": stage_vae_decoder, "vae_joint": stage_vae_joint, "sd": stage_sd,
              "sd_depth": stage_sd_depth}
 
 

@@ -1,5 +1,6 @@
 """experiments/train_tiny.py: its config, training loop, data and conditioning (fast), and
 end to end at a toy size: fine-tuning from the shipped family (slow)."""
+import dataclasses
 import json
 import os
 import shutil
@@ -249,6 +250,35 @@ def test_vae_decoder_stage_keeps_the_encoder(tmp_path):
             (tmp_path / "work" / "heldout_vae_decoder.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 2, 3]
     assert all(10 < r["vae_psnr_frames_db"] < 40 and 0 < r["vae_lpips_frames"] < 1 for r in rows)
+
+
+@pytest.mark.slow
+def test_vae_joint_stage_moves_the_encoder(tmp_path):
+    """Three steps of --stage vae_joint from the shipped family: encoder and decoder both
+    moved (a little: warmup), same architecture, scaling_factor re-measured, the held-out measure logged at 0, 2, 3 and equal to the shipped VAE's at 0."""
+    from experiments import eval_tiny
+    from experiments.train_tiny import TrainConfig, split_vae_params, train
+    cfg = TrainConfig(stage="vae_joint", steps=3, batch_size=2, num_clips=2, latent_clips=2,
+                      height=32, width=32, num_eval=1, save_every=2,
+                      init_from=str(checkpoints.TINY_DIR),
+                      work_dir=str(tmp_path / "work"), output_dir=str(tmp_path / "out"))
+    assert train(cfg)["vae_joint"]["steps"] == 3
+    shipped, shipped_cfg = checkpoints.load_params(checkpoints.TINY_DIR / "vae", tiny.FAMILIES["vae"])
+    tuned, tuned_cfg = checkpoints.load_params(tmp_path / "out" / "vae", tiny.FAMILIES["vae"])
+    assert dataclasses.replace(tuned_cfg, scaling_factor=1.0) == \
+        dataclasses.replace(shipped_cfg, scaling_factor=1.0)
+    # re-measured on the 2 training clips (1 / latent std): same order as the shipped one
+    assert tuned_cfg.scaling_factor != shipped_cfg.scaling_factor
+    assert 0.5 < tuned_cfg.scaling_factor / shipped_cfg.scaling_factor < 2
+    for side_t, side_s in zip(split_vae_params(tuned), split_vae_params(shipped)):
+        assert 0.0 < _vae_tree_max_diff(side_t, side_s) < 0.05
+    rows = [json.loads(r) for r in
+            (tmp_path / "work" / "heldout_vae_joint.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2, 3]
+    from szero_jax.pipelines.bundles import load_video_models
+    clips = eval_tiny.HeldOut.render(1, 32, 32, tiny.FRAMES)
+    ref, _ = eval_tiny.eval_vae(load_video_models(), clips)
+    np.testing.assert_allclose(rows[0]["vae_psnr_frames_db"], ref["vae_psnr_frames_db"], atol=1e-4)
 
 
 def test_vae_decoder_loss_decreases_on_a_fixed_batch(tmp_path):
