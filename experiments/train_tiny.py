@@ -722,9 +722,10 @@ def sd_heldout_monitor(config: TrainConfig, unet, vae_params, vae_cfg, text_para
                        name: str = "sd"):
     """``on_save(step, params)``: eps-MSE on held-out clips (seeds from HELDOUT_SEED_START,
     frames SD_EVAL_FRAMES, timesteps SD_EVAL_T, fixed noise, captioned), appended to
-    work_dir/heldout_<name>.jsonl. A depth UNet (5 input channels) is scored with each
-    frame's true depth condition and, as "eps_mse_wrong_depth", with the next clip's: the gap
-    is how much the model uses the depth. Returns the monitor and the held-out seeds."""
+    work_dir/heldout_<name>.jsonl; also with the empty prompt ("eps_mse_empty_prompt") and, for
+    a depth UNet (5 input channels, scored with each frame's true depth condition), with the
+    next clip's depth ("eps_mse_wrong_depth"): the gaps are how much the model reads each
+    condition. Returns the monitor and the held-out seeds."""
     held = eval_tiny.HeldOut.render(config.num_eval, config.height, config.width,
                                     max(SD_EVAL_FRAMES) + 1)
     frames = np.round(held.video01[:, list(SD_EVAL_FRAMES)] * 255).astype(np.uint8)
@@ -734,28 +735,32 @@ def sd_heldout_monitor(config: TrainConfig, unet, vae_params, vae_cfg, text_para
                     len(SD_EVAL_FRAMES), axis=0)
     ab = stable_diffusion_schedule().alphas_cumprod
     eps = np.random.default_rng(1234).standard_normal((len(SD_EVAL_T),) + z.shape, np.float32)
-    depths = {}
+    null = np.repeat(sd_context(text_params, text_cfg, tiny.tokenizer()([""])), len(z), axis=0)
+    # suffix -> (context, depth condition): the caption, and the empty prompt (the gap is how
+    # much the model reads the text encoder); a depth UNet also with the next clip's depth.
+    variants = {"": (ctx, None), "_empty_prompt": (null, None)}
     if unet is not None and unet.config.in_channels == 5:
         d = sd_depth_conditions(held.disparity[:, list(SD_EVAL_FRAMES)])
         d = d.reshape((-1,) + d.shape[2:])
-        depths = {"": d, "_wrong_depth": np.roll(d, len(SD_EVAL_FRAMES), axis=0)}
+        variants = {"": (ctx, d), "_empty_prompt": (null, d),
+                    "_wrong_depth": (ctx, np.roll(d, len(SD_EVAL_FRAMES), axis=0))}
 
     @jax.jit
-    def losses(params, depth):
+    def losses(params, context, depth):
         def one(t, e):
             a = float(ab[t])
             x = np.sqrt(a) * z + np.sqrt(1 - a) * e
             if depth is not None:
                 x = jnp.concatenate([x, depth], -1)
-            return jnp.mean((unet.apply(params, x, jnp.full((len(z),), t), ctx) - e) ** 2)
+            return jnp.mean((unet.apply(params, x, jnp.full((len(z),), t), context) - e) ** 2)
         return jnp.stack([one(t, eps[k]) for k, t in enumerate(SD_EVAL_T)])
 
     path, t0 = Path(config.work_dir) / f"heldout_{name}.jsonl", time.time()
 
     def on_save(step, params):
         row = {"step": step, "run_wall_s": round(time.time() - t0, 1)}
-        for suffix, depth in (depths or {"": None}).items():
-            per_t = [float(v) for v in losses(params, depth)]
+        for suffix, (context, depth) in variants.items():
+            per_t = [float(v) for v in losses(params, context, depth)]
             row[f"eps_mse{suffix}"] = float(np.mean(per_t))
             row[f"eps_mse{suffix}_per_t"] = dict(zip(SD_EVAL_T, per_t))
         logging.info("[%s] held-out at step %d: %s", name, step, row)

@@ -99,6 +99,7 @@ def test_sd_stage_trains_saves_and_loads(tmp_path):
     np.testing.assert_allclose(rows_d[0]["eps_mse"], rows[-1]["eps_mse"], rtol=1e-5)
     assert rows_d[0]["eps_mse_wrong_depth"] == rows_d[0]["eps_mse"]
     assert rows_d[1]["eps_mse_wrong_depth"] != rows_d[1]["eps_mse"]   # now it reads the depth
+    assert all(r["eps_mse_empty_prompt"] > 0 for r in rows + rows_d)
     models = load_sd_models(out, depth=True)
     assert models.unet.config == dataclasses.replace(load_sd_models(out).unet.config,
                                                      in_channels=5)
