@@ -113,6 +113,12 @@ flags.DEFINE_enum("container", "mp4", ["mp4", "mkv"], "Video container: mp4 (ste
 flags.DEFINE_bool("frame_packing_sei", False, "Also write H.264's frame-packing SEI in SBS / "
                   "TB files (3D TVs switch on it; FFmpeg 9.0's command line cannot decode "
                   "such files, see szero_jax.io.encode)")
+# Right view (convert_video, generate_image --mode image; FootageConfig.right) --------------
+flags.DEFINE_enum("right", "composite", ["composite", "latent"], "Right view: the input warped "
+                  "at source resolution with diffusion in the holes only (the input kept exact "
+                  "as the left view), or the method's own decoded right view (research; "
+                  "convert_video: upsampled to the source; generate_image --mode image: with "
+                  "the null-text reconstruction as the left)")
 flags.DEFINE_bool("random_weights_for_testing", False,
                   "Random tiny-architecture weights instead of a checkpoint (tests only)")
 

@@ -36,14 +36,11 @@ from absl import app, flags
 from experiments import common_flags as cf
 
 cf.declare(__name__, "checkpoint", "output_dir", "seed", "format", "dtype",
-           "compilation_cache_dir", "random_weights_for_testing", "prompt", "resume",
+           "compilation_cache_dir", "random_weights_for_testing", "prompt", "resume", "right",
            *cf.SAMPLING_FLAGS, *cf.DEPTH_FLAGS, *cf.STEREO_FLAGS, *cf.ENCODE_FLAGS)
 flags.DEFINE_string("input", None, "A video file, or a folder whose videos are converted file "
                     "by file (default None: required; with a folder, --depth may be a folder of "
                     "<video name>.npy files)")
-flags.DEFINE_enum("right", "composite", ["composite", "latent"], "Right view: the input warped "
-                  "at source resolution with diffusion in the holes only, or the method's own "
-                  "decoded right view upsampled (research)")
 flags.DEFINE_integer("window", None, "Frames per depth-model window (default None: the depth "
                      "UNet's clip length; DepthCrafter's released infer uses 110). Stereo windows "
                      "are the video model's clip length")

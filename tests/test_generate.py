@@ -44,13 +44,76 @@ def test_help_lists_flags_with_defaults(module, expected):
         assert "0.08 =" in text[i:i + 300] and "0.16 for" in text[i:i + 300]
 
 
-def test_generate_image_depth_mode_on_the_tiny_sd_fails_clearly(tmp_path):
-    """Without --checkpoint the tiny SD is loaded; it has no depth UNet (4 input channels),
-    so depth mode stops before sampling, naming what it needs, and writes nothing."""
+SAMPLES = ROOT / "szero_jax" / "assets" / "samples"
+SHIPPED_DEPTH_SD = (ROOT / "szero_jax" / "assets" / "tiny" / "sd_depth_unet").is_dir()
+BLOCK_MATCH_KEYS = {"mean_abs_error_px", "median_abs_error_px", "within_1px",
+                    "confident_fraction", "confident_mean_abs_error_px", "scored_fraction"}
+
+
+@pytest.mark.skipif(SHIPPED_DEPTH_SD, reason="the tiny SD 2 depth UNet ships: depth mode runs")
+def test_generate_image_depth_mode_without_the_depth_unet_fails_clearly(tmp_path):
+    """Without --checkpoint, depth mode loads the family's sd_depth_unet; while it is not
+    shipped the launcher stops before sampling, naming the stage that trains it, and writes
+    nothing."""
     out = _run("generate_image", "--mode", "depth", "--output_dir", str(tmp_path / "o"))
     assert out.returncode != 0
-    assert "needs an SD 2 depth UNet (5 input channels)" in out.stderr
+    assert "sd_depth_unet" in out.stderr or "lacks ['unet']" in out.stderr
+    assert "train_tiny.py --stage sd_depth" in out.stderr
     assert not any((tmp_path / "o").glob("*.png"))
+
+
+def test_generate_image_right_composite_is_for_image_mode(tmp_path):
+    out = _run("generate_image", "--mode", "text", "--right", "composite", "--output_dir",
+               str(tmp_path / "o"))
+    assert out.returncode != 0
+    assert "--right: text mode has no input photo to keep" in out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["text", "image", "depth"])
+def test_generate_image_default_runs(tmp_path, mode):
+    """python -m experiments.generate_image --mode MODE with nothing else (depth mode: random
+    weights until the tiny SD 2 depth UNet ships): the bundled sample, 80x128 views; the
+    summary records the right view's mode, the consistency against the zero-disparity
+    control (>= 1.5x on trained weights, issue 16) and the block-matched disparity against
+    the intended one for the right view, the control and the exact warp."""
+    from szero_jax import tiny
+    from szero_jax.io import read_image
+    out = tmp_path / "o"
+    trained = mode != "depth" or SHIPPED_DEPTH_SD
+    extra = () if trained else ("--random_weights_for_testing",)
+    proc = _run("generate_image", "--mode", mode, "--output_dir", str(out), *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    m, bm = s["metrics"], s["metrics"]["block_matching"]
+    assert s["mode"] == mode and s["right"] == ("composite" if mode == "image" else "latent")
+    assert s["depth"] == str(SAMPLES / "demo_disparity.npy")
+    assert set(s["timings_s"]) >= {"conditioning", "stereo", "decode", "metrics", "total_wall"}
+    assert m["disparity_px"]["max"] == pytest.approx(tiny.SD_MAX_DISPARITY * 128, rel=1e-5)
+    assert 0.0 < m["hole_fraction"] < 0.2                     # 0.074 on the sample
+    for name in ("right", "zero_disparity_control", "warp_of_left"):
+        assert set(bm[name]) == BLOCK_MATCH_KEYS
+        assert bm[name]["scored_fraction"] == pytest.approx(bm["right"]["scored_fraction"])
+    # The control estimates ~0: its error is about the mean intended disparity (3.9 px).
+    assert bm["zero_disparity_control"]["mean_abs_error_px"] == pytest.approx(
+        m["disparity_px"]["mean"], abs=0.5)
+    assert bm["warp_of_left"]["within_1px"] > 0.8              # the measure's floor: 0.89-0.92
+    for name in ("left.png", "right.png", "sbs_LRF_Full_SBS.png", "anaglyph_redcyan.png",
+                 "disparity.png", "report.html"):
+        assert (out / name).is_file(), name
+    left = read_image(out / "left.png")
+    assert left.shape == (80, 128, 3)
+    if mode == "image":     # the photo kept exactly
+        assert s["settings"]["right"] == "composite" and m["left_equals_input"]
+        assert m["left_psnr_vs_input_db"] is None
+        np.testing.assert_array_equal(left, read_image(SAMPLES / "demo.png"))
+    if not trained:
+        assert s["random_weights_for_testing"]
+        return
+    assert s["checkpoint"] == ("tiny SD 2 depth" if mode == "depth" else "tiny SD")
+    assert s["settings"]["sampling"]["guidance"] == tiny.SD_GUIDANCE
+    assert m["consistency_ratio_control_over_result"] >= 1.5
+    assert bm["error_ratio_control_over_right"] >= 1.5
 
 
 @pytest.mark.slow

@@ -113,3 +113,58 @@ def test_bad_config_raises():
         build_stereodiffusion_events(StereoDiffusionConfig(spsmd="sometimes"), 10)
     with pytest.raises(ValueError, match="attention"):
         build_stereodiffusion_events(StereoDiffusionConfig(attention="swap"), 10)
+
+
+# ---------------------------------------------------------------- image_to_stereo_image's right view
+def _photo_and_depth():
+    from tests.helpers.tiny_models import SIZE
+    photo = np.random.RandomState(3).rand(SIZE, SIZE, 3).astype(np.float32)
+    depth = np.ones((SIZE, SIZE), np.float32)
+    depth[8:24, 12:22] = 3.0          # a near box ("disparity": larger is nearer)
+    return photo, depth
+
+
+def test_image_to_stereo_image_rejects_a_bad_right_mode_before_work():
+    from szero_jax.pipelines import image_to_stereo_image
+    from szero_jax.pipelines.composite import CompositeConfig
+    photo, depth = _photo_and_depth()
+    with pytest.raises(ValueError, match=r"right: expected one of \('composite', 'latent'\)"):
+        image_to_stereo_image(object(), photo, depth, right="warp")
+    with pytest.raises(ValueError, match="composite: expected a CompositeConfig"):
+        image_to_stereo_image(object(), photo, depth, composite={"dilate": 2})
+    with pytest.raises(ValueError, match="dilate"):
+        image_to_stereo_image(object(), photo, depth, composite=CompositeConfig(dilate=-1))
+
+
+@pytest.mark.slow
+def test_image_to_stereo_image_composite_keeps_the_photo_and_the_warp():
+    """right="composite" (default): left is the photo bit for bit; the right view is the
+    photo's forward warp exactly wherever the fill weight is 0 and the method's right view
+    (the "latent" output) where it is 1. right="latent": the null-text reconstruction."""
+    from szero_jax.metrics import psnr
+    from szero_jax.pipelines import image_to_stereo_image
+    from szero_jax.pipelines.composite import hole_alpha
+    from szero_jax.pipelines.config import DepthConfig, SamplingConfig
+    from szero_jax.stereo import NullTextConfig
+    from tests.helpers.tiny_models import sd_models
+    photo, depth = _photo_and_depth()
+    kw = dict(sampling=SamplingConfig.stereo_image(steps=3),
+              depth=DepthConfig.stereo_image(max_disparity=0.16),
+              stereo=StereoDiffusionConfig(null_text=NullTextConfig(inner_steps=2)))
+    comp = image_to_stereo_image(sd_models(), photo, depth, **kw)
+    lat = image_to_stereo_image(sd_models(), photo, depth, right="latent", **kw)
+    assert comp.settings["right"] == "composite" and lat.settings["right"] == "latent"
+    assert comp.left.dtype == np.float32 and np.array_equal(comp.left, photo)
+    assert float(psnr(lat.left, photo)) < 30.0        # the latent round trip changes it
+    np.testing.assert_array_equal(comp.disparity, lat.disparity)
+    assert comp.disparity.max() == pytest.approx(0.16 * photo.shape[1], rel=1e-5)
+    warped, holes = forward_warp(jnp.asarray(photo)[None], jnp.asarray(comp.disparity)[None])
+    warped, holes = np.asarray(warped[0]), np.asarray(holes[0])
+    np.testing.assert_array_equal(comp.holes, holes)
+    np.testing.assert_array_equal(lat.holes, holes)
+    alpha = np.asarray(hole_alpha(holes, 2, 2))
+    far, inside = alpha == 0.0, alpha == 1.0
+    assert holes.any() and far.mean() > 0.5 and inside.sum() >= holes.sum()
+    np.testing.assert_array_equal(comp.right[far], warped[far])
+    np.testing.assert_allclose(comp.right[inside], lat.right[inside], atol=1e-6)
+    assert "composite" in comp.timings and "composite" not in lat.timings

@@ -6,6 +6,10 @@
   attention sharing for the right view.
 * ``image_to_stereo_image``: null-text inversion of a photo (empty prompt, guidance 7.5),
   then the StereoDiffusion sampler from the inverted latent with the per-step embeddings.
+  ``right="composite"`` (default) returns the photo itself as the left view and the
+  composite right view (``pipelines.composite``: the photo warped by the pixel disparity
+  where visible, the method's right view in the holes); ``right="latent"`` the method's own
+  pair (the null-text reconstruction and its right view), as the released code writes.
 * ``depth_to_stereo_image``: SD 2 depth (UNet input = 4 latent channels + the depth map at
   latent size in [-1, 1], diffusers ``StableDiffusionDepth2ImgPipeline``) generates from
   noise; the same depth drives the shift. Both views see the left depth map.
@@ -29,8 +33,10 @@ from szero_jax.pipelines.bundles import SDModels
 from szero_jax.pipelines.common import (Callback, StageTimer, check_config, check_depth,
                                         check_frames, check_positive_int, check_prompt,
                                         check_size, tick)
+from szero_jax.pipelines.composite import CompositeConfig, composite_right
 from szero_jax.pipelines.config import DepthConfig, SamplingConfig
 from szero_jax.pipelines.conditioning import decode_latents, encode_latents, text_embedding
+from szero_jax.pipelines.footage import RIGHT_MODES
 from szero_jax.stereo import (StereoDiffusionConfig, build_stereodiffusion_events,
                               null_text_inversion, stereo_cfg_denoiser, stereodiffusion_run)
 
@@ -46,7 +52,8 @@ class StereoImage(NamedTuple):
     disparity: np.ndarray   # [H, W] pixels at output size
     holes: np.ndarray       # [H, W] bool
     timings: dict           # seconds per stage
-    settings: dict          # the resolved configs: {"sampling", "depth"}
+    settings: dict          # the resolved configs: {"sampling", "depth"}; image mode also
+                            # "right" (the RIGHT_MODES value) and "composite" (its config)
 
 
 def _plan(sampling: SamplingConfig):
@@ -230,10 +237,24 @@ def image_to_stereo_image(models: SDModels, image, depth_map, *, prompt: str = "
                           sampling: SamplingConfig = SamplingConfig.stereo_image(),
                           depth: DepthConfig = DepthConfig.stereo_image(),
                           stereo: StereoDiffusionConfig = StereoDiffusionConfig(),
+                          right: str = "composite",
+                          composite: CompositeConfig = CompositeConfig(),
                           callback: Callback = None) -> StereoImage:
     """Photo [H, W, 3] in [0, 1] + its depth [H, W] -> stereo pair, by null-text inversion
     (``stereo.null_text``; released: empty prompt, 50 steps, guidance 7.5) and the
-    StereoDiffusion sampler."""
+    StereoDiffusion sampler.
+
+    ``right``: "composite" (default) = left is the photo, exactly; right is the photo warped
+    by the pixel disparity where visible and the method's right view in the holes
+    (``composite``: the blend's width). Why the default: someone converting their own photo
+    expects to get that photo back as one eye, and the latent round trip (VAE + inversion)
+    changes every pixel of it (the tiny SD's null-text reconstruction of held-out world
+    frames: ~19.4 dB, MODEL_CARD.md); the footage converter
+    defaults to the same (``FootageConfig.right``). "latent" = the method's own output: the
+    null-text reconstruction as left and its StereoDiffusion right view (the paper's)."""
+    if right not in RIGHT_MODES:
+        raise ValueError(f"right: expected one of {RIGHT_MODES}, got {right!r}")
+    check_config(composite, CompositeConfig, "composite")
     check_prompt(prompt, allow_empty=True)
     img = check_frames(image, "image", 3)
     h, w = img.shape[:2]
@@ -251,7 +272,13 @@ def image_to_stereo_image(models: SDModels, image, depth_map, *, prompt: str = "
     out = timer.run("stereo", _stereo, models.unet.params, cond, inv.uncond, inv.x_T, lat, plan,
                     jax.random.PRNGKey(sampling.seed), job.events, per_step=True,
                     total=sampling.steps, **job.statics)
-    return _result(models, timer, out, px, job)
+    res = _result(models, timer, out, px, job)
+    settings = dict(res.settings, right=right, composite=composite)
+    if right == "latent":
+        return res._replace(settings=settings)
+    comp = timer.run("composite", composite_right, img, px, res.right, composite)
+    return res._replace(left=img, right=np.asarray(comp.right), holes=np.asarray(comp.holes),
+                        timings=dict(timer.timings), settings=settings)
 
 
 def depth_to_stereo_image(models: SDModels, depth_map, prompt: str, *,
