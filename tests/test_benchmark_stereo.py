@@ -2,6 +2,8 @@
 masked scores, the row list, and the StereoCrafter-Zero runner against the public pipeline.
 (The schedule padding it shares compiles with, ``stereo.pad_events`` / ``schedule_buckets``,
 is tested in test_stereo_crafter_zero.py.)"""
+import inspect
+
 import numpy as np
 import pytest
 
@@ -117,10 +119,11 @@ def test_resume_key(tmp_path):
     """--resume continues only a run with the same settings, and says which differ."""
     path = tmp_path / "r.json"
     assert BS.load_resumable(path, {"steps": 50}) is None
-    BS.write_json(path, {"run": {"steps": 50, "seed": 0}, "scenes": {"a": {}}})
-    assert BS.load_resumable(path, {"steps": 50, "seed": 0})["scenes"] == {"a": {}}
+    key = {"protocol": "image", "steps": 50, "seed": 0}
+    BS.write_json(path, {"run": key, "scenes": {"a": {}}})
+    assert BS.load_resumable(path, key)["scenes"] == {"a": {}}
     with pytest.raises(ValueError, match="other settings .*steps"):
-        BS.load_resumable(path, {"steps": 20, "seed": 0})
+        BS.load_resumable(path, dict(key, steps=20))
 
 
 def test_middlebury_scene_is_consistent():
@@ -170,3 +173,146 @@ def test_runner_matches_the_public_pipeline():
         assert nfe == e
         np.testing.assert_allclose(left, ref.left, atol=atol)
         np.testing.assert_allclose(right, ref.right, atol=atol)
+
+
+# ------------------------------------------------------------------ image protocol (tiny SD)
+def test_image_rows_are_the_paper_ablations():
+    """``sd`` is Tab. 1's full method (attention + SPSMD, no deblur); each ablation changes
+    only the switches its name says (Tab. 2)."""
+    from szero_jax.stereo import StereoDiffusionConfig
+    rows = {r.name: r for r in BS.image_rows()}
+    assert list(rows) == ["identity", "leave_blank", "stretch", "telea", "vae_ceiling", "sd",
+                          "sd_plain", "sd_attn_none", "sd_no_spsmd", "sd_deblur", "sd_attn_bi",
+                          "sd_spsmd_released", "sd_caption"]
+    full = BS.sd_config(rows["sd"])
+    assert full == StereoDiffusionConfig()
+    assert (full.attention, full.spsmd, full.deblur) == ("uni", "paper", False)
+    want = {"sd_plain": ("none", "off", False), "sd_attn_none": ("none", "paper", False),
+            "sd_no_spsmd": ("uni", "off", False), "sd_deblur": ("uni", "paper", True),
+            "sd_attn_bi": ("bi", "paper", False), "sd_spsmd_released": ("uni", "released", False),
+            "sd_caption": ("uni", "paper", False)}
+    for name, sw in want.items():
+        c = BS.sd_config(rows[name])
+        assert (c.attention, c.spsmd, c.deblur) == sw, name
+        assert c.null_text == full.null_text            # one inversion serves every row
+        assert rows[name].caption == (name == "sd_caption")   # ... of one prompt
+    sel = BS.select_rows(BS.image_rows(), ["sd_ablations"], ["sd_attn_bi"])
+    assert [r.name for r in sel] == ["sd_plain", "sd_attn_none", "sd_no_spsmd", "sd_deblur",
+                                     "sd_spsmd_released", "sd_caption"]
+    assert set(BS.IMAGE_COMPOSITE_ROWS) <= set(rows)
+
+
+SD_SIZE, SD_STEPS = (48, 64), 3
+
+
+@pytest.fixture(scope="module")
+def sd_models():
+    return BS.load_sd(None, random_weights=True)
+
+
+def _exact_map(h, w, span):
+    """A pixel map that the pipeline's own normalisation (1-99 percentile min-max x span)
+    leaves unchanged: >= 10 % of the pixels at 0 and at ``span``, a ramp between."""
+    n = np.clip(np.linspace(-0.2, 1.2, w, dtype=np.float32), 0.0, 1.0)
+    return np.broadcast_to(n, (h, w)).copy(), span * np.broadcast_to(n, (h, w))
+
+
+# Both tests below compile the tiny SD's null-text inversion (~1.5 min on the loaded CPU).
+@pytest.mark.slow
+def test_sd_runner_equals_image_to_stereo_image(sd_models):
+    """The shared-inversion path gives image_to_stereo_image's views, and its disparity is
+    the given pixel map: for a map the pipeline's normalisation maps onto itself, the
+    pipeline's px disparity equals the map and both paths' latent maps agree exactly."""
+    from szero_jax import tiny
+    from szero_jax.pipelines import image as I, image_to_stereo_image
+    from szero_jax.pipelines.config import DepthConfig, SamplingConfig
+    from szero_jax.stereo import StereoDiffusionConfig
+    h, w = SD_SIZE
+    img = BS.world_scenes(1, h, w, 2)[0].left[0]
+    rel, px = _exact_map(h, w, tiny.SD_MAX_DISPARITY * w)
+    depth = DepthConfig.stereo_image(max_disparity=tiny.SD_MAX_DISPARITY)
+    runner = BS.SDImageRunner(sd_models, SD_STEPS, 0, SD_SIZE)
+    assert runner.sampling.guidance == 7.5 and runner.depth == depth
+    hw = (h // sd_models.vae_factor, w // sd_models.vae_factor)
+    own_px, own_lat = I._disparities(rel, depth, hw)
+    np.testing.assert_allclose(own_px, px, atol=1e-5)
+    np.testing.assert_allclose(runner.latent_disparity(px, hw), own_lat, atol=1e-6)
+    # the method's own pair (image_to_stereo_image's right="latent" where it has the option)
+    own = {"right": "latent"} if "right" in inspect.signature(
+        image_to_stereo_image).parameters else {}
+    prep = runner.prepare(img)
+    for cfg in (StereoDiffusionConfig(), StereoDiffusionConfig(deblur=True, attention="bi")):
+        ref = image_to_stereo_image(sd_models, img, rel, stereo=cfg, depth=depth,
+                                    sampling=SamplingConfig.stereo_image(steps=SD_STEPS), **own)
+        left, right, nfe = runner.stereo(prep, px, cfg)
+        assert nfe == SD_STEPS
+        np.testing.assert_allclose(left, ref.left, atol=1e-5)
+        np.testing.assert_allclose(right, ref.right, atol=1e-5)
+        assert np.abs(right - left).mean() > 1e-3           # a real shift, not the trivial case
+
+
+def test_image_benchmark_baselines_on_frame_0(sd_models):
+    """The image protocol without SD rows (no inversion to compile): frame 0 only, the
+    baselines scored exactly as on that frame alone, the disparity record."""
+    h, w = SD_SIZE
+    scene = BS.world_scenes(1, h, w, 2)[0]
+    rows = BS.select_rows(BS.image_rows(), ["baselines", "models"], ["sd"])
+    res = BS.run_image_benchmark([scene], rows, sd_models=sd_models, steps=SD_STEPS,
+                                 use_lpips=False, log=lambda m: None)
+    per = res["scenes"][scene.name]
+    assert list(per["rows"]) == ["identity", "leave_blank", "stretch", "telea", "vae_ceiling"]
+    assert per["inversion"] == {}
+    one = B.score_view(B.stretch(scene.left[:1], scene.disparity[:1]), scene.right[:1],
+                       scene.disoccluded[:1], use_lpips=False)
+    assert per["rows"]["stretch"]["psnr"] == pytest.approx(one["psnr"], abs=1e-6)
+    clip = B.score_view(B.stretch(scene.left, scene.disparity), scene.right,
+                        scene.disoccluded, use_lpips=False)
+    assert abs(clip["psnr"] - one["psnr"]) > 1e-3              # frame 0, not the clip
+    d, f = per["disparity"]["gt"], sd_models.vae_factor
+    assert d["max_px"] == pytest.approx(float(scene.disparity[0].max()))
+    assert 0.5 * d["max_px"] / f < d["latent_max_px"] <= d["max_px"] / f + 1e-6  # 1/f width
+    assert d["pipeline_conversion_max_abs_diff_px"] > 1.0          # why the map bypasses it
+    assert res["settings"]["guidance"] == 7.5 and res["settings"]["max_disparity"] == 0.16
+
+
+@pytest.mark.slow
+def test_image_benchmark_small_run(sd_models):
+    """A 3-step image-protocol run (random tiny SD weights, one world scene, true disparity):
+    every row's label, finite scores, one inversion."""
+    h, w = SD_SIZE
+    scene = BS.world_scenes(1, h, w, 2)[0]
+    res = BS.run_image_benchmark([scene], BS.image_rows(), sd_models=sd_models,
+                                 steps=SD_STEPS, use_lpips=False, log=lambda m: None)
+    per = res["scenes"][scene.name]
+    names = [r.name for r in BS.image_rows()]
+    assert list(per["rows"]) == names[:6] + ["sd_composite"] + names[6:]
+    for label, s in per["rows"].items():
+        assert all(np.isfinite(s[k]) for k in ("psnr", "ssim", "hole_psnr", "lr_error")), label
+    inv = per["inversion"]
+    assert sorted(inv) == ["caption", "empty"] and inv["caption"]["prompt"] == scene.caption
+    for v in inv.values():
+        assert SD_STEPS <= v["adam_steps"] <= SD_STEPS * 10
+        assert v["network_evaluations"] == v["adam_steps"] + 3 * SD_STEPS
+    # the composite keeps the exact warp outside the holes: beats the SD view overall
+    assert per["rows"]["sd_composite"]["psnr"] > per["rows"]["sd"]["psnr"]
+    assert per["rows"]["sd_deblur"]["psnr"] != per["rows"]["sd"]["psnr"]
+    assert res["summary"]["means"]["world"]["sd"]["nfe"] == SD_STEPS
+
+
+def test_resume_reads_renamed_rows(tmp_path):
+    """A JSON from before --protocol (row ``stereodiffusion``, no protocol key) resumes under
+    today's names."""
+    path = tmp_path / "old.json"
+    BS.write_json(path, {"run": {"steps": 50, "rows": ["szero", "stereodiffusion"]},
+                         "scenes": {"a": {"rows": {
+                             "stereodiffusion": {"row": "stereodiffusion", "psnr": 1.0},
+                             "stereodiffusion_composite@tiny": {"row": "stereodiffusion"},
+                             "szero": {"row": "szero"}}}}})
+    key = {"protocol": "video", "steps": 50, "rows": ["szero", "stereodiffusion_video_unet"]}
+    old = BS.load_resumable(path, key)
+    rows = old["scenes"]["a"]["rows"]
+    assert sorted(rows) == ["stereodiffusion_video_unet",
+                            "stereodiffusion_video_unet_composite@tiny", "szero"]
+    assert rows["stereodiffusion_video_unet"] == {"row": "stereodiffusion_video_unet", "psnr": 1.0}
+    with pytest.raises(ValueError, match="protocol"):
+        BS.load_resumable(path, dict(key, protocol="image"))
