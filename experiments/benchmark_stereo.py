@@ -474,11 +474,11 @@ class SDImageRunner:
         from szero_jax.stereo import StereoDiffusionConfig
         self.I, self.models = I, models
         self.depth = DepthConfig.stereo_image(max_disparity=tiny.SD_MAX_DISPARITY)
-        self.job = I._check_job(models, "image", SamplingConfig.stereo_image(steps=steps,
+        self.job = I.check_job(models, "image", SamplingConfig.stereo_image(steps=steps,
                                                                             seed=seed),
                                 self.depth, StereoDiffusionConfig(), tuple(size), 4)
         self.sampling = self.job.sampling                      # guidance resolved (7.5)
-        self.plan = I._plan(self.sampling)
+        self.plan = I.sd_plan(self.sampling)
         self.null_text = StereoDiffusionConfig().null_text
 
     @property
@@ -490,10 +490,10 @@ class SDImageRunner:
         from szero_jax.pipelines.common import StageTimer
         I, m = self.I, self.models
         timer = StageTimer()
-        cond, uncond = I._texts(m, timer, prompt, "")
-        z0 = timer.run("encode", I._encode, m.vae.params, jnp.asarray(image)[None] * 2.0 - 1.0,
+        cond, uncond = I.sd_texts(m, timer, prompt, "")
+        z0 = timer.run("encode", I.sd_encode, m.vae.params, jnp.asarray(image)[None] * 2.0 - 1.0,
                        vae_cfg=m.vae.config, dtype=m.dtype)
-        inv = timer.run("inversion", I._null_text, m.unet.params, z0, self.plan, cond, uncond,
+        inv = timer.run("inversion", I.sd_null_text, m.unet.params, z0, self.plan, cond, uncond,
                         config=self.null_text, **self.job.statics)
         return SDPrep(z0, cond, inv, dict(timer.timings))
 
@@ -512,18 +512,18 @@ class SDImageRunner:
         I, m = self.I, self.models
         events = build_stereodiffusion_events(config, self.steps)
         lat = self.latent_disparity(disparity_px, prep.z0.shape[1:3])
-        out = I._stereo(m.unet.params, prep.cond, prep.inversion.uncond, prep.inversion.x_T,
+        out = I.sd_stereo(m.unet.params, prep.cond, prep.inversion.uncond, prep.inversion.x_T,
                         lat, self.plan, jax.random.PRNGKey(self.sampling.seed), events,
                         per_step=True, **self.job.statics)
-        both = np.asarray(I._decode(m.vae.params, jnp.concatenate([out.left, out.right]),
+        both = np.asarray(I.sd_decode(m.vae.params, jnp.concatenate([out.left, out.right]),
                                     vae_cfg=m.vae.config, dtype=m.dtype))
         return both[0], both[1], self.steps
 
     def vae_roundtrip(self, image):
         I, m = self.I, self.models
-        z = I._encode(m.vae.params, jnp.asarray(image)[None] * 2.0 - 1.0, vae_cfg=m.vae.config,
+        z = I.sd_encode(m.vae.params, jnp.asarray(image)[None] * 2.0 - 1.0, vae_cfg=m.vae.config,
                       dtype=m.dtype)
-        return np.asarray(I._decode(m.vae.params, z, vae_cfg=m.vae.config, dtype=m.dtype))[0]
+        return np.asarray(I.sd_decode(m.vae.params, z, vae_cfg=m.vae.config, dtype=m.dtype))[0]
 
 
 def load_sd(checkpoint, random_weights):

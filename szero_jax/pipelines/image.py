@@ -13,6 +13,11 @@
 * ``depth_to_stereo_image``: SD 2 depth (UNet input = 4 latent channels + the depth map at
   latent size in [-1, 1], diffusers ``StableDiffusionDepth2ImgPipeline``) generates from
   noise; the same depth drives the shift. Both views see the left depth map.
+
+The pipelines are built from this module's jitted stages, public so that callers can share
+the costly ones (the benchmark inverts each image once for all its rows): ``check_job`` (the
+validated configs and statics), ``sd_plan``, ``sd_texts``, ``sd_encode``, ``sd_null_text``,
+``sd_stereo``, ``sd_decode``.
 """
 from __future__ import annotations
 
@@ -56,7 +61,7 @@ class StereoImage(NamedTuple):
                             # "right" (the RIGHT_MODES value) and "composite" (its config)
 
 
-def _plan(sampling: SamplingConfig):
+def sd_plan(sampling: SamplingConfig):
     # SD scheduler_config.json: leading spacing, steps_offset 1, set_alpha_to_one false; eta 0
     # (StereoDiffusion samples deterministically).
     return make_ddim_plan(stable_diffusion_schedule(), sampling.steps, "leading", 0.0,
@@ -92,27 +97,27 @@ def _left(params, cond, uncond, x_T, plan, *, unet_cfg, dtype, pred):
 
 
 @functools.partial(jax.jit, static_argnames=("unet_cfg", "dtype", "pred", "per_step"))
-def _stereo(params, cond, uncond, x_T, disparity, plan, key, events, *, unet_cfg, dtype, pred,
-            per_step):
+def sd_stereo(params, cond, uncond, x_T, disparity, plan, key, events, *, unet_cfg, dtype,
+              pred, per_step):
     fn = _model_fn(unet_cfg, dtype, params, "stereo")
     denoise = stereo_cfg_denoiser(fn, cond, uncond, per_step_uncond=per_step)
     return stereodiffusion_run(denoise, x_T, disparity, plan, key, events, pred)
 
 
 @functools.partial(jax.jit, static_argnames=("unet_cfg", "dtype", "pred", "config"))
-def _null_text(params, z0, plan, cond, uncond, *, unet_cfg, dtype, pred, config):
+def sd_null_text(params, z0, plan, cond, uncond, *, unet_cfg, dtype, pred, config):
     fn = _model_fn(unet_cfg, dtype, params, "inversion")
     return null_text_inversion(fn, z0, plan, cond, uncond, config, pred)
 
 
 @functools.partial(jax.jit, static_argnames=("vae_cfg", "dtype"))
-def _decode(params, z, *, vae_cfg, dtype):
+def sd_decode(params, z, *, vae_cfg, dtype):
     out = decode_latents(vae_cfg, dtype, params, z[:, None], vae_cfg.scaling_factor)[:, 0]
     return jnp.clip((out + 1.0) / 2.0, 0.0, 1.0)
 
 
 @functools.partial(jax.jit, static_argnames=("vae_cfg", "dtype"))
-def _encode(params, image, *, vae_cfg, dtype):
+def sd_encode(params, image, *, vae_cfg, dtype):
     return encode_latents(vae_cfg, dtype, params, image[:, None], vae_cfg.scaling_factor)[:, 0]
 
 
@@ -127,14 +132,14 @@ def _start_latent(models, key, shape, plan):
     return jnp.sqrt(a) * jnp.asarray(mean, x.dtype) + jnp.sqrt(1.0 - a) * x
 
 
-class _Job(NamedTuple):
+class Job(NamedTuple):
     sampling: SamplingConfig   # resolved (the mode's guidance filled in)
     depth: DepthConfig
     events: object             # the StereoDiffusion schedule
     statics: dict              # static arguments of the jitted stages
 
 
-def _check_job(models, mode, sampling, depth, stereo, size, in_channels) -> _Job:
+def check_job(models, mode, sampling, depth, stereo, size, in_channels) -> Job:
     if not isinstance(models, SDModels):
         raise ValueError(f"models: expected an SDModels bundle, got {type(models).__name__}")
     check_config(sampling, SamplingConfig, "sampling")
@@ -158,10 +163,10 @@ def _check_job(models, mode, sampling, depth, stereo, size, in_channels) -> _Job
     guidance = GUIDANCE[mode] if sampling.guidance is None else sampling.guidance
     statics = dict(unet_cfg=models.unet.config, dtype=models.dtype,
                    pred=models.unet.config.prediction_type)
-    return _Job(dataclasses.replace(sampling, guidance=guidance), depth, events, statics)
+    return Job(dataclasses.replace(sampling, guidance=guidance), depth, events, statics)
 
 
-def _texts(models, timer, prompt, negative_prompt):
+def sd_texts(models, timer, prompt, negative_prompt):
     tokens = jnp.asarray(models.tokenizer([prompt, negative_prompt]))
     emb = timer.run("conditioning", _text, models.text_encoder.params, tokens,
                     text_cfg=models.text_encoder.config, dtype=models.dtype)
@@ -187,7 +192,7 @@ def sd_depth_condition(depth_map, kind: str, latent_hw) -> jax.Array:
 
 def _result(models, timer, out, disparity_px, job) -> StereoImage:
     both = jnp.concatenate([out.left, out.right], axis=0)
-    img = np.asarray(timer.run("decode", _decode, models.vae.params, both,
+    img = np.asarray(timer.run("decode", sd_decode, models.vae.params, both,
                                vae_cfg=models.vae.config, dtype=models.dtype))
     _, holes = forward_warp(jnp.asarray(img[:1]), jnp.asarray(disparity_px)[None])
     return StereoImage(img[0], img[1], disparity_px, np.asarray(holes[0]), dict(timer.timings),
@@ -208,27 +213,27 @@ def text_to_stereo_image(models: SDModels, prompt: str, *, size: tuple = (512, 5
     if not (isinstance(size, (tuple, list)) and len(size) == 2):
         raise ValueError(f"size: expected (height, width), got {size!r}")
     height, width = (check_positive_int(v, n) for v, n in zip(size, ("height", "width")))
-    job = _check_job(models, "text", sampling, depth, stereo, (height, width), 4)
+    job = check_job(models, "text", sampling, depth, stereo, (height, width), 4)
     if depth_map is None:
         raise ValueError("depth_map: pass a depth map [H, W] or a function of the left image "
                          "-> [H, W]; the SD bundle has no depth estimator")
     if not callable(depth_map):
         depth_map = check_depth(depth_map, (height, width), "depth_map")
     timer = StageTimer(callback)
-    cond, uncond = _texts(models, timer, prompt, sampling.negative_prompt)
+    cond, uncond = sd_texts(models, timer, prompt, sampling.negative_prompt)
     f = models.vae_factor
     k_x, k_s = jax.random.split(jax.random.PRNGKey(sampling.seed))
-    plan = _plan(job.sampling)
+    plan = sd_plan(job.sampling)
     x_T = _start_latent(models, k_x, (1, height // f, width // f, models.unet.config.in_channels),
                         plan)
     if callable(depth_map):
         z = timer.run("left", _left, models.unet.params, cond, uncond, x_T, plan,
                       total=sampling.steps, **job.statics)
-        left = np.asarray(timer.run("decode_left", _decode, models.vae.params, z,
+        left = np.asarray(timer.run("decode_left", sd_decode, models.vae.params, z,
                                     vae_cfg=models.vae.config, dtype=models.dtype))[0]
         depth_map = check_depth(depth_map(left), (height, width), "depth_map(left)")
     px, lat = _disparities(depth_map, depth, x_T.shape[1:3])
-    out = timer.run("stereo", _stereo, models.unet.params, cond, uncond, x_T, lat, plan, k_s,
+    out = timer.run("stereo", sd_stereo, models.unet.params, cond, uncond, x_T, lat, plan, k_s,
                     job.events, per_step=False, total=sampling.steps, **job.statics)
     return _result(models, timer, out, px, job)
 
@@ -258,18 +263,18 @@ def image_to_stereo_image(models: SDModels, image, depth_map, *, prompt: str = "
     check_prompt(prompt, allow_empty=True)
     img = check_frames(image, "image", 3)
     h, w = img.shape[:2]
-    job = _check_job(models, "image", sampling, depth, stereo, (h, w), 4)
+    job = check_job(models, "image", sampling, depth, stereo, (h, w), 4)
     depth_map = check_depth(depth_map, (h, w), "depth_map")
     timer = StageTimer(callback)
-    cond, uncond = _texts(models, timer, prompt, "")
-    z0 = timer.run("encode", _encode, models.vae.params, jnp.asarray(img)[None] * 2.0 - 1.0,
+    cond, uncond = sd_texts(models, timer, prompt, "")
+    z0 = timer.run("encode", sd_encode, models.vae.params, jnp.asarray(img)[None] * 2.0 - 1.0,
                    vae_cfg=models.vae.config, dtype=models.dtype)
-    plan = _plan(job.sampling)
-    inv = timer.run("inversion", _null_text, models.unet.params, z0, plan, cond, uncond,
+    plan = sd_plan(job.sampling)
+    inv = timer.run("inversion", sd_null_text, models.unet.params, z0, plan, cond, uncond,
                     config=stereo.null_text,
                     total=sampling.steps * (stereo.null_text.inner_steps + 3), **job.statics)
     px, lat = _disparities(depth_map, depth, z0.shape[1:3])
-    out = timer.run("stereo", _stereo, models.unet.params, cond, inv.uncond, inv.x_T, lat, plan,
+    out = timer.run("stereo", sd_stereo, models.unet.params, cond, inv.uncond, inv.x_T, lat, plan,
                     jax.random.PRNGKey(sampling.seed), job.events, per_step=True,
                     total=sampling.steps, **job.statics)
     res = _result(models, timer, out, px, job)
@@ -293,18 +298,18 @@ def depth_to_stereo_image(models: SDModels, depth_map, prompt: str, *,
     if d.ndim != 2:
         raise ValueError(f"depth_map: expected [H, W], got shape {d.shape}")
     h, w = d.shape
-    job = _check_job(models, "depth", sampling, depth, stereo, (h, w), 5)
+    job = check_job(models, "depth", sampling, depth, stereo, (h, w), 5)
     depth_map = check_depth(d, (h, w), "depth_map")
     timer = StageTimer(callback)
-    cond, uncond = _texts(models, timer, prompt, sampling.negative_prompt)
+    cond, uncond = sd_texts(models, timer, prompt, sampling.negative_prompt)
     f = models.vae_factor
     px, lat = _disparities(depth_map, depth, (h // f, w // f))
     cond_map = sd_depth_condition(depth_map[None], depth.kind, (h // f, w // f))
     cond, uncond = dict(cond, depth=cond_map), dict(uncond, depth=cond_map)
     k_x, k_s = jax.random.split(jax.random.PRNGKey(sampling.seed))
-    plan = _plan(job.sampling)
+    plan = sd_plan(job.sampling)
     x_T = _start_latent(models, k_x, (1, h // f, w // f, 4), plan)
-    out = timer.run("stereo", _stereo, models.unet.params, cond, uncond, x_T, lat,
+    out = timer.run("stereo", sd_stereo, models.unet.params, cond, uncond, x_T, lat,
                     plan, k_s, job.events, per_step=False,
                     total=sampling.steps, **job.statics)
     return _result(models, timer, out, px, job)
