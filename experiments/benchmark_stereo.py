@@ -493,7 +493,7 @@ class SDImageRunner:
         cond, uncond = I.sd_texts(m, timer, prompt, "")
         z0 = timer.run("encode", I.sd_encode, m.vae.params, jnp.asarray(image)[None] * 2.0 - 1.0,
                        vae_cfg=m.vae.config, dtype=m.dtype)
-        inv = timer.run("inversion", I.sd_null_text, m.unet.params, z0, self.plan, cond, uncond,
+        inv = timer.run("inversion", I._sd_null_text, m.unet.params, z0, self.plan, cond, uncond,
                         config=self.null_text, **self.job.statics)
         return SDPrep(z0, cond, inv, dict(timer.timings))
 
@@ -512,7 +512,7 @@ class SDImageRunner:
         I, m = self.I, self.models
         events = build_stereodiffusion_events(config, self.steps)
         lat = self.latent_disparity(disparity_px, prep.z0.shape[1:3])
-        out = I.sd_stereo(m.unet.params, prep.cond, prep.inversion.uncond, prep.inversion.x_T,
+        out = I._sd_stereo(m.unet.params, prep.cond, prep.inversion.uncond, prep.inversion.x_T,
                         lat, self.plan, jax.random.PRNGKey(self.sampling.seed), events,
                         per_step=True, **self.job.statics)
         both = np.asarray(I.sd_decode(m.vae.params, jnp.concatenate([out.left, out.right]),
@@ -624,26 +624,35 @@ def run_benchmark(scenes, rows, *, models=None, steps=50, seed=0, depth_sources=
                         pad = padding.get(sizes[row.name]) if padding else None
                         cache[ck] = runner.szero(prep, d, cfg, pad)
                     left_out, right, nfe = cache[ck]
-                seconds = time.perf_counter() - t0
-                views = {label: right}
-                if row.name in COMPOSITE_ROWS:
-                    views[label.replace(row.name, row.name + "_composite", 1)] = np.asarray(
-                        composite_right(scene.left, m["sharp"], right).right)
-                left_psnr = {} if left_out is None else {"left_psnr": float(np.mean(np.asarray(
-                    psnr(np.clip(left_out, 0.0, 1.0), scene.left))))}
-                for lab, view in views.items():
-                    score = _score(scene, view, use_lpips)
-                    score.update(seconds=seconds, nfe=nfe, source=src, row=row.name, **left_psnr)
-                    per["rows"][lab] = score
-                    log(f"  {lab:22s} PSNR {score['psnr']:6.2f}  SSIM {score['ssim']:.3f}  "
-                        + (f"LPIPS {score['lpips']:.3f}  " if use_lpips else "")
-                        + (f"hole PSNR {score.get('hole_psnr', float('nan')):6.2f}  ")
-                        + f"LR {score['lr_error']:.4f}  ({seconds:.1f} s, {nfe} evals)")
+                _record_row(per, scene, label, row, right, left_out,
+                            m["sharp"] if row.name in COMPOSITE_ROWS else None,
+                            dict(seconds=time.perf_counter() - t0, nfe=nfe, source=src),
+                            use_lpips, log)
         per["seconds"] = time.perf_counter() - t_scene
         if on_scene:
             on_scene(results)
     results["summary"] = summarize(results)
     return results
+
+
+def _record_row(per, scene, label, row, right, left_out, composite_map, info, use_lpips, log):
+    """Scores a row's right view (and, with ``composite_map``, its composite: the input
+    warped by that pixel map, the view in the holes) into ``per["rows"]``, with ``info``
+    (seconds, nfe, source) and the left view's PSNR against the input when there is one."""
+    views = {label: right}
+    if composite_map is not None:
+        views[label.replace(row.name, row.name + "_composite", 1)] = np.asarray(
+            composite_right(scene.left, composite_map, right).right)
+    left_psnr = {} if left_out is None else {"left_psnr": float(np.mean(np.asarray(
+        psnr(np.clip(left_out, 0.0, 1.0), scene.left))))}
+    for lab, view in views.items():
+        score = _score(scene, view, use_lpips)
+        score.update(row=row.name, **info, **left_psnr)
+        per["rows"][lab] = score
+        log(f"  {lab:22s} PSNR {score['psnr']:6.2f}  SSIM {score['ssim']:.3f}  "
+            + (f"LPIPS {score['lpips']:.3f}  " if use_lpips else "")
+            + (f"hole PSNR {score.get('hole_psnr', float('nan')):6.2f}  ")
+            + f"LR {score['lr_error']:.4f}  ({info['seconds']:.1f} s, {info['nfe']} evals)")
 
 
 def run_image_benchmark(scenes, rows, *, sd_models=None, video_models=None, steps=50, seed=0,
@@ -740,21 +749,10 @@ def run_image_benchmark(scenes, rows, *, sd_models=None, video_models=None, step
                     left_out, right = left_out[None], right[None]
                 else:
                     raise ValueError(f"row {row.name}: kind {row.kind!r} is not an image row")
-                seconds = time.perf_counter() - t0
-                views = {label: right}
-                if row.name in IMAGE_COMPOSITE_ROWS:
-                    views[label.replace(row.name, row.name + "_composite", 1)] = np.asarray(
-                        composite_right(scene.left, d, right).right)
-                left_psnr = {} if left_out is None else {"left_psnr": float(np.mean(np.asarray(
-                    psnr(np.clip(left_out, 0.0, 1.0), scene.left))))}
-                for lab, view in views.items():
-                    score = _score(scene, view, use_lpips)
-                    score.update(seconds=seconds, nfe=nfe, source=src, row=row.name, **left_psnr)
-                    per["rows"][lab] = score
-                    log(f"  {lab:22s} PSNR {score['psnr']:6.2f}  SSIM {score['ssim']:.3f}  "
-                        + (f"LPIPS {score['lpips']:.3f}  " if use_lpips else "")
-                        + (f"hole PSNR {score.get('hole_psnr', float('nan')):6.2f}  ")
-                        + f"LR {score['lr_error']:.4f}  ({seconds:.1f} s)")
+                _record_row(per, scene, label, row, right, left_out,
+                            d if row.name in IMAGE_COMPOSITE_ROWS else None,
+                            dict(seconds=time.perf_counter() - t0, nfe=nfe, source=src),
+                            use_lpips, log)
         per["seconds"] = time.perf_counter() - t_scene
         if on_scene:
             on_scene(results)

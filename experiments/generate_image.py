@@ -181,8 +181,9 @@ def main(argv):
     photo = None
     if FLAGS.mode == "image":
         photo = io.read_image(image_path)
-        res = pipelines.image_to_stereo_image(models, photo, depth, prompt=prompt,
-                                              right=right_mode, **common)
+        common["stereo"] = dataclasses.replace(stereo, null_text=dataclasses.replace(
+            stereo.null_text, prompt=prompt))   # the inversion prompt (released: "")
+        res = pipelines.image_to_stereo_image(models, photo, depth, right=right_mode, **common)
     else:
         if not prompt:
             raise app.UsageError(f"--prompt: expected a prompt in {FLAGS.mode} mode, got ''")

@@ -126,14 +126,9 @@ def _photo_and_depth():
 
 def test_image_to_stereo_image_rejects_a_bad_right_mode_before_work():
     from szero_jax.pipelines import image_to_stereo_image
-    from szero_jax.pipelines.composite import CompositeConfig
     photo, depth = _photo_and_depth()
     with pytest.raises(ValueError, match=r"right: expected one of \('composite', 'latent'\)"):
         image_to_stereo_image(object(), photo, depth, right="warp")
-    with pytest.raises(ValueError, match="composite: expected a CompositeConfig"):
-        image_to_stereo_image(object(), photo, depth, composite={"dilate": 2})
-    with pytest.raises(ValueError, match="dilate"):
-        image_to_stereo_image(object(), photo, depth, composite=CompositeConfig(dilate=-1))
 
 
 @pytest.mark.slow

@@ -16,8 +16,9 @@
 
 The pipelines are built from this module's jitted stages, public so that callers can share
 the costly ones (the benchmark inverts each image once for all its rows): ``check_job`` (the
-validated configs and statics), ``sd_plan``, ``sd_texts``, ``sd_encode``, ``sd_null_text``,
-``sd_stereo``, ``sd_decode``.
+validated configs and statics), ``sd_plan``, ``sd_texts``, ``sd_encode``, ``sd_decode``; the
+inversion and sampler stages ``_sd_null_text`` / ``_sd_stereo`` take their jit statics as
+keywords (the benchmark calls them too).
 """
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ def _left(params, cond, uncond, x_T, plan, *, unet_cfg, dtype, pred):
 
 
 @functools.partial(jax.jit, static_argnames=("unet_cfg", "dtype", "pred", "per_step"))
-def sd_stereo(params, cond, uncond, x_T, disparity, plan, key, events, *, unet_cfg, dtype,
+def _sd_stereo(params, cond, uncond, x_T, disparity, plan, key, events, *, unet_cfg, dtype,
               pred, per_step):
     fn = _model_fn(unet_cfg, dtype, params, "stereo")
     denoise = stereo_cfg_denoiser(fn, cond, uncond, per_step_uncond=per_step)
@@ -105,7 +106,7 @@ def sd_stereo(params, cond, uncond, x_T, disparity, plan, key, events, *, unet_c
 
 
 @functools.partial(jax.jit, static_argnames=("unet_cfg", "dtype", "pred", "config"))
-def sd_null_text(params, z0, plan, cond, uncond, *, unet_cfg, dtype, pred, config):
+def _sd_null_text(params, z0, plan, cond, uncond, *, unet_cfg, dtype, pred, config):
     fn = _model_fn(unet_cfg, dtype, params, "inversion")
     return null_text_inversion(fn, z0, plan, cond, uncond, config, pred)
 
@@ -233,17 +234,16 @@ def text_to_stereo_image(models: SDModels, prompt: str, *, size: tuple = (512, 5
                                     vae_cfg=models.vae.config, dtype=models.dtype))[0]
         depth_map = check_depth(depth_map(left), (height, width), "depth_map(left)")
     px, lat = _disparities(depth_map, depth, x_T.shape[1:3])
-    out = timer.run("stereo", sd_stereo, models.unet.params, cond, uncond, x_T, lat, plan, k_s,
+    out = timer.run("stereo", _sd_stereo, models.unet.params, cond, uncond, x_T, lat, plan, k_s,
                     job.events, per_step=False, total=sampling.steps, **job.statics)
     return _result(models, timer, out, px, job)
 
 
-def image_to_stereo_image(models: SDModels, image, depth_map, *, prompt: str = "",
+def image_to_stereo_image(models: SDModels, image, depth_map, *,
                           sampling: SamplingConfig = SamplingConfig.stereo_image(),
                           depth: DepthConfig = DepthConfig.stereo_image(),
                           stereo: StereoDiffusionConfig = StereoDiffusionConfig(),
                           right: str = "composite",
-                          composite: CompositeConfig = CompositeConfig(),
                           callback: Callback = None) -> StereoImage:
     """Photo [H, W, 3] in [0, 1] + its depth [H, W] -> stereo pair, by null-text inversion
     (``stereo.null_text``; released: empty prompt, 50 steps, guidance 7.5) and the
@@ -251,7 +251,7 @@ def image_to_stereo_image(models: SDModels, image, depth_map, *, prompt: str = "
 
     ``right``: "composite" (default) = left is the photo, exactly; right is the photo warped
     by the pixel disparity where visible and the method's right view in the holes
-    (``composite``: the blend's width). Why the default: someone converting their own photo
+    (``CompositeConfig()``: the blend). Why the default: someone converting their own photo
     expects to get that photo back as one eye, and the latent round trip (VAE + inversion)
     changes every pixel of it (the tiny SD's null-text reconstruction of held-out world
     frames: ~19.4 dB, MODEL_CARD.md); the footage converter
@@ -259,8 +259,9 @@ def image_to_stereo_image(models: SDModels, image, depth_map, *, prompt: str = "
     null-text reconstruction as left and its StereoDiffusion right view (the paper's)."""
     if right not in RIGHT_MODES:
         raise ValueError(f"right: expected one of {RIGHT_MODES}, got {right!r}")
-    check_config(composite, CompositeConfig, "composite")
-    check_prompt(prompt, allow_empty=True)
+    composite = CompositeConfig()   # the footage converter's blend (pipelines.composite)
+    prompt = stereo.null_text.prompt if isinstance(stereo, StereoDiffusionConfig) else ""
+    check_prompt(prompt, "stereo.null_text.prompt", allow_empty=True)
     img = check_frames(image, "image", 3)
     h, w = img.shape[:2]
     job = check_job(models, "image", sampling, depth, stereo, (h, w), 4)
@@ -270,11 +271,11 @@ def image_to_stereo_image(models: SDModels, image, depth_map, *, prompt: str = "
     z0 = timer.run("encode", sd_encode, models.vae.params, jnp.asarray(img)[None] * 2.0 - 1.0,
                    vae_cfg=models.vae.config, dtype=models.dtype)
     plan = sd_plan(job.sampling)
-    inv = timer.run("inversion", sd_null_text, models.unet.params, z0, plan, cond, uncond,
+    inv = timer.run("inversion", _sd_null_text, models.unet.params, z0, plan, cond, uncond,
                     config=stereo.null_text,
                     total=sampling.steps * (stereo.null_text.inner_steps + 3), **job.statics)
     px, lat = _disparities(depth_map, depth, z0.shape[1:3])
-    out = timer.run("stereo", sd_stereo, models.unet.params, cond, inv.uncond, inv.x_T, lat, plan,
+    out = timer.run("stereo", _sd_stereo, models.unet.params, cond, inv.uncond, inv.x_T, lat, plan,
                     jax.random.PRNGKey(sampling.seed), job.events, per_step=True,
                     total=sampling.steps, **job.statics)
     res = _result(models, timer, out, px, job)
@@ -309,7 +310,7 @@ def depth_to_stereo_image(models: SDModels, depth_map, prompt: str, *,
     k_x, k_s = jax.random.split(jax.random.PRNGKey(sampling.seed))
     plan = sd_plan(job.sampling)
     x_T = _start_latent(models, k_x, (1, h // f, w // f, 4), plan)
-    out = timer.run("stereo", sd_stereo, models.unet.params, cond, uncond, x_T, lat,
+    out = timer.run("stereo", _sd_stereo, models.unet.params, cond, uncond, x_T, lat,
                     plan, k_s, job.events, per_step=False,
                     total=sampling.steps, **job.statics)
     return _result(models, timer, out, px, job)

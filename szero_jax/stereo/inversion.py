@@ -31,6 +31,7 @@ class NullTextConfig:
     lr_decay: float = 1e-2         # the "/ 100" above, per outer step i
     early_stop: float = 1e-5       # released epsilon
     early_stop_slope: float = 2e-5  # released threshold epsilon + i * 2e-5
+    prompt: str = ""               # the prompt the photo is inverted with (released: "")
 
     def validate(self):
         if self.inner_steps < 1:
