@@ -175,7 +175,7 @@ def test_latent_mean_sets_the_start_latent():
     from szero_jax.models.configs import UNet2DConfig
     from szero_jax.pipelines import image as im
     from szero_jax.pipelines.config import SamplingConfig
-    plan = im._plan(SamplingConfig.stereo_image(guidance=3.0))
+    plan = im.sd_plan(SamplingConfig.stereo_image(guidance=3.0))
     a = float(plan.alpha_bar[0])
     mean = (-1.3, -0.5, 0.8, 0.5)
     key = jax.random.PRNGKey(3)
