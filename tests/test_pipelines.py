@@ -20,6 +20,10 @@ CFG = StereoCrafterZeroConfig(restart_steps=1, restart_rounds=2, warp_every=2, w
                               refine_rounds=1)
 IMAGE = np.random.RandomState(0).rand(SIZE, SIZE, 3).astype(np.float32)
 PROMPT = "a small red square"
+# The left and right rows go through the networks as one batch: bitwise equal on this
+# machine, but CI's CPU gave 5e-6 (XLA:CPU's kernels round a batch's rows differently
+# at tile boundaries); a disparity leak is > 1e-3 (the ramp runs).
+ROW_ROUNDING = 1e-4
 
 
 def _ramp_depth():
@@ -70,7 +74,7 @@ def test_image_to_stereo_video_shapes_and_progress(runs):
 def test_zero_disparity_right_equals_left(runs):
     zero, ramp, _, _ = runs
     assert not zero.holes.any() and np.all(zero.disparity == 0)
-    np.testing.assert_allclose(zero.right, zero.left, atol=1e-6)
+    np.testing.assert_allclose(zero.right, zero.left, atol=ROW_ROUNDING)
     assert np.abs(ramp.right - ramp.left).mean() > 1e-3
 
 
@@ -249,7 +253,7 @@ def test_sd_pipelines_shapes_and_zero_disparity():
     size = (SIZE, SIZE)
     zero = text_to_stereo_image(m4, PROMPT, size=size, depth_map=flat,
                                 sampling=SamplingConfig.stereo_image(steps=5))
-    np.testing.assert_allclose(zero.right, zero.left, atol=1e-6)
+    np.testing.assert_allclose(zero.right, zero.left, atol=ROW_ROUNDING)
     seen = []
     shifted = text_to_stereo_image(m4, PROMPT, size=size,
                                    sampling=SamplingConfig.stereo_image(steps=5),

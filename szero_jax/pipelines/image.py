@@ -260,11 +260,11 @@ def image_to_stereo_image(models: SDModels, image, depth_map, *,
     if right not in RIGHT_MODES:
         raise ValueError(f"right: expected one of {RIGHT_MODES}, got {right!r}")
     composite = CompositeConfig()   # the footage converter's blend (pipelines.composite)
-    prompt = stereo.null_text.prompt if isinstance(stereo, StereoDiffusionConfig) else ""
-    check_prompt(prompt, "stereo.null_text.prompt", allow_empty=True)
     img = check_frames(image, "image", 3)
     h, w = img.shape[:2]
     job = check_job(models, "image", sampling, depth, stereo, (h, w), 4)
+    prompt = stereo.null_text.prompt   # check_job validated stereo (null_text included)
+    check_prompt(prompt, "stereo.null_text.prompt", allow_empty=True)
     depth_map = check_depth(depth_map, (h, w), "depth_map")
     timer = StageTimer(callback)
     cond, uncond = sd_texts(models, timer, prompt, "")
