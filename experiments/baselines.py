@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from skimage.metrics import structural_similarity
 
-from szero_jax.geometry import forward_warp
+from szero_jax.geometry import background_fill, forward_warp
 from szero_jax.metrics import lpips, psnr, ssim
 
 TELEA_RADIUS = 3  # px; OpenCV's examples use 3
@@ -58,32 +58,10 @@ def leave_blank(left, disparity):
     return warped
 
 
-def _nearest_valid(valid, reverse=False):
-    """Per pixel of rows valid [..., W], the column of the nearest valid pixel at or before
-    it (after it with ``reverse``), -1 where there is none."""
-    w = valid.shape[-1]
-    idx = np.where(valid, np.arange(w), -1)
-    if reverse:
-        idx = np.where(valid, w - 1 - np.arange(w), -1)[..., ::-1]
-        out = np.maximum.accumulate(idx, axis=-1)[..., ::-1]
-        return np.where(out >= 0, w - 1 - out, -1)
-    return np.maximum.accumulate(idx, axis=-1)
-
-
 def stretch_fill(warped, holes, warped_disparity):
-    """Fill holes [..., H, W] of warped [..., H, W, C] from the background-side neighbour."""
-    valid = ~holes
-    left_col = _nearest_valid(valid)
-    right_col = _nearest_valid(valid, reverse=True)
-    take = lambda a, col: np.take_along_axis(a, np.maximum(col, 0), axis=-1)
-    d_left = np.where(left_col >= 0, take(warped_disparity, left_col), np.inf)
-    d_right = np.where(right_col >= 0, take(warped_disparity, right_col), np.inf)
-    use_left = d_left <= d_right                    # smaller disparity = farther = background
-    col = np.where(use_left, left_col, right_col)
-    found = col >= 0
-    filled = np.take_along_axis(warped, np.maximum(col, 0)[..., None], axis=-2)
-    fill = np.where(found[..., None], filled, 0.0)
-    return np.where(holes[..., None], fill, warped).astype(np.float32)
+    """Fill holes [..., H, W] of warped [..., H, W, C] from the background-side neighbour
+    (``szero_jax.geometry.background_fill``, the samplers' option too)."""
+    return np.asarray(background_fill(warped, holes, warped_disparity), np.float32)
 
 
 def stretch(left, disparity):

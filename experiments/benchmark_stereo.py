@@ -172,12 +172,10 @@ def _fill_invalid_rows(disp):
     """Invalid (non-finite) GT disparities take the smaller of the nearest valid values to
     their left and right in the row (occlusions belong to the background)."""
     valid = np.isfinite(disp)
-    lc = B._nearest_valid(valid)
-    rc = B._nearest_valid(valid, reverse=True)
-    safe = np.where(valid, disp, 0.0)
-    take = lambda c: np.where(c >= 0, np.take_along_axis(safe, np.maximum(c, 0), -1), np.inf)
-    fill = np.minimum(take(lc), take(rc))
-    fill = np.where(np.isfinite(fill), fill, np.nanmin(np.where(valid, disp, np.nan)))
+    safe = np.where(valid, disp, 0.0).astype(np.float32)
+    fill = B.stretch_fill(safe[..., None], ~valid, np.where(valid, safe, np.inf))[..., 0]
+    empty = ~valid.any(axis=-1, keepdims=True)         # a row with no valid value at all
+    fill = np.where(empty, np.nanmin(np.where(valid, disp, np.nan)), fill)
     return np.where(valid, disp, fill).astype(np.float32)
 
 
@@ -234,7 +232,13 @@ def all_rows(quick=False):
             Row("no_warped_noise", "ablations", "szero", (("right_noise", "reuse_left"),)),
             Row("left_condition", "ablations", "szero", (("right_condition", "left"),)),
             Row("attn_uni", "attention", "szero", (("cross_view", "uni"),)),
-            Row("attn_bi", "attention", "szero", (("cross_view", "bi"),))]
+            Row("attn_bi", "attention", "szero", (("cross_view", "bi"),)),
+            # the holes' first content stretched from their far side (ours, issue 15's ghosts)
+            Row("bg_fill", "hole_fill", "szero", (("first_round_fill", "background"),)),
+            Row("bg_condition", "hole_fill", "szero",
+                (("right_condition", "warped_background"),)),
+            Row("bg_both", "hole_fill", "szero", (("first_round_fill", "background"),
+                                                  ("right_condition", "warped_background")))]
     if not quick:
         rows.append(Row("attn_swap", "attention", "szero", (("cross_view", "swap"),)))
     ks, ls, ns = ((6, 21), (5, 9), (0, 4, 8)) if quick else ((6, 11, 21), (5, 7, 9),
@@ -652,6 +656,7 @@ def _record_row(per, scene, label, row, right, left_out, composite_map, info, us
         log(f"  {lab:22s} PSNR {score['psnr']:6.2f}  SSIM {score['ssim']:.3f}  "
             + (f"LPIPS {score['lpips']:.3f}  " if use_lpips else "")
             + (f"hole PSNR {score.get('hole_psnr', float('nan')):6.2f}  ")
+            + (f"ghost {score.get('hole_ghost', float('nan')):.3f}  ")
             + f"LR {score['lr_error']:.4f}  ({info['seconds']:.1f} s, {info['nfe']} evals)")
 
 
@@ -760,12 +765,27 @@ def run_image_benchmark(scenes, rows, *, sd_models=None, video_models=None, step
     return results
 
 
-METRICS = ("psnr", "ssim", "lpips", "hole_psnr", "hole_ssim", "hole_lpips", "lr_error")
+METRICS = ("psnr", "ssim", "lpips", "hole_psnr", "hole_ssim", "hole_lpips", "hole_ghost",
+           "lr_error")
 # Rows also scored as the composite right view (``pipelines.composite``): the input warped by
 # the sharp map (the given disparity, not the low-passed one the sampler used), the row's right
 # view only in (and feathered around) the warp's holes: what ``convert_video --right
 # composite`` writes with ``--blur_sigma 0``.
-COMPOSITE_ROWS = ("szero", "released", "stereodiffusion_video_unet")
+COMPOSITE_ROWS = ("szero", "released", "stereodiffusion_video_unet", "bg_both")
+
+
+def _ghost(scene, right) -> dict:
+    """``hole_ghost`` = a / (a + b) over the disoccluded pixels, a = mean |right - true right|,
+    b = mean |right - left|: 1 when the holes show the left view's content at those pixels
+    (the occluder: a duplicate at the left view's position, issue 15), 0 when they show the
+    truth, 0.5 when equally far from both (right = left gives 1)."""
+    mask = np.asarray(scene.disoccluded, bool)
+    if not mask.any():
+        return {}
+    right = np.clip(np.asarray(right, np.float32), 0.0, 1.0)
+    a = float(np.abs(right - scene.right)[mask].mean())
+    b = float(np.abs(right - scene.left)[mask].mean())
+    return {"hole_ghost": a / max(a + b, 1e-12)}
 
 
 def _score(scene, right, use_lpips):
@@ -775,6 +795,7 @@ def _score(scene, right, use_lpips):
     (``metrics.left_right_consistency``): a measure that needs no true right view (the
     paper judges with MEt3R, which the project cannot ship)."""
     score = B.score_view(right, scene.right, scene.disoccluded, use_lpips)
+    score.update(_ghost(scene, right))
     score["lr_error"] = float(left_right_consistency(
         scene.left[None], np.clip(right, 0.0, 1.0)[None], scene.disparity[None])[0])
     return score
@@ -807,10 +828,10 @@ def format_table(results, use_lpips=True) -> str:
         for lab in means[ds]:
             if lab not in labels:
                 labels.append(lab)
-    mets = ("psnr", "ssim", "lpips", "hole_psnr", "hole_ssim", "hole_lpips", "lr_error") \
-        if use_lpips else ("psnr", "ssim", "hole_psnr", "hole_ssim", "lr_error")
+    mets = tuple(m for m in METRICS if use_lpips or "lpips" not in m)
     short = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "hole_psnr": "hPSNR",
-             "hole_ssim": "hSSIM", "hole_lpips": "hLPIPS", "lr_error": "LR"}
+             "hole_ssim": "hSSIM", "hole_lpips": "hLPIPS", "hole_ghost": "ghost",
+             "lr_error": "LR"}
     counts = results["summary"]["scenes_per_dataset"]
     head = ["method"]
     for ds in datasets:

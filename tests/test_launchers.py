@@ -219,7 +219,13 @@ def test_generate_runs_on_tiny_default(tmp_path):
     assert fps == 8.0 and sbs.shape[2] == 2 * left.shape[2] and sbs.shape[:2] == left.shape[:2]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["sampling"]["steps"] == 2 and summary["settings"]["sampling"]["seed"] == 3
-    assert np.isfinite(summary["metrics"]["left_right_consistency"])
+    m = summary["metrics"]
+    assert np.isfinite(m["left_right_consistency"])
+    # the composite is the left warped where visible: far more consistent than this run's
+    # 2-step right view; its ratio is the same control over it
+    assert m["composite"]["left_right_consistency"] < 0.5 * m["left_right_consistency"]
+    assert m["composite"]["consistency_ratio_control_over_result"] == pytest.approx(
+        m["left_right_consistency_zero_disparity_control"] / m["composite"]["left_right_consistency"])
     # evaluate reads generate's folder as it is (left.mp4 / right.mp4)
     from experiments import evaluate
     res, _ = evaluate.evaluate(out, tmp_path / "metrics", use_lpips=False)

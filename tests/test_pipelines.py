@@ -112,6 +112,12 @@ def test_right_condition_warped_vs_released(runs):
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got[0, -1, :, 2:6], np.asarray(z)[0, -1, :, 4:8])  # moved by 2
     assert np.asarray(holes)[0, :, :, 6:].all() and not np.asarray(holes)[0, :, :, :6].any()
+    # holes stretched from their far side: here the frame edge, so column 5's values
+    bg = stages.with_right_condition(
+        ctx, jnp.asarray(d), dataclasses.replace(CFG, right_condition="warped_background"))
+    got = np.asarray(bg.right["concat"])
+    np.testing.assert_array_equal(got[..., :6, :], want[..., :6, :])
+    np.testing.assert_array_equal(got[..., 6:, :], np.repeat(want[..., 5:6, :], 2, axis=-2))
 
 
 @pytest.mark.parametrize("kwargs, match", [

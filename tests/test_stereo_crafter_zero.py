@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from szero_jax.diffusion import ddim_sample, ddim_step, plan_at
+from szero_jax.geometry import background_fill, border_mask
 from szero_jax.geometry.warp import forward_warp
 from szero_jax.models.attention import cross_view_index
 from szero_jax.stereo.crafter_zero import (StereoCrafterZeroConfig, build_events,
@@ -104,12 +105,14 @@ def test_same_seed_is_bit_identical_and_seed_matters():
     assert float(jnp.abs(a.right - c.right).max()) > 1e-3
 
 
-def test_single_round_without_refinement_is_plain_latent_warping():
-    """K = 1, L = 1, N = 0: warp at step 0 (holes from the left latent) and at each stage
-    (holes keep the right latent: step 1 right after the window, then t = 6, 3, 0), plain
-    batched DDIM otherwise."""
+@pytest.mark.parametrize("fill", ["left", "background"])
+def test_single_round_without_refinement_is_plain_latent_warping(fill):
+    """K = 1, L = 1, N = 0: warp at step 0 (holes from the left latent, or the warp
+    stretched from the holes' far side; border holes from the left either way: Eq. 3 hard)
+    and at each stage (holes keep the right latent: step 1 right after the window, then
+    t = 6, 3, 0), plain batched DDIM otherwise."""
     cfg = StereoCrafterZeroConfig(restart_steps=1, restart_rounds=1, warp_every=3,
-                                  warp_stop_t=0, refine_rounds=0)
+                                  warp_stop_t=0, refine_rounds=0, first_round_fill=fill)
     params, x_T, d = _inputs()
     out = _run(cfg, eta=0.0)
     plan = toy_plan(10, 0.0)
@@ -118,7 +121,13 @@ def test_single_round_without_refinement_is_plain_latent_warping():
     for i in range(10):
         warped, holes = forward_warp(x_l, d)
         if i == 0:
-            x_r = jnp.where(holes[..., None], x_l, warped)
+            first = x_l
+            if fill == "background":
+                wd = forward_warp(d[..., None], d)[0][..., 0]
+                first = jnp.where(border_mask(holes)[..., None], x_l,
+                                  background_fill(warped, holes, wd))
+                assert float(jnp.abs(first - x_l)[holes].max()) > 1e-2   # it changes the fill
+            x_r = jnp.where(holes[..., None], first, warped)
         elif i in (1, 3, 6, 9):
             x_r = jnp.where(holes[..., None], x_r, warped)
         p = plan_at(plan, i)
@@ -143,6 +152,7 @@ _OWN_PROGRAM = pytest.mark.slow
     dict(right_noise="reuse_left"),
     dict(cross_view="none"),                 # cross-view attention off
     dict(first_round_fill="previous_step"),
+    dict(first_round_fill="background"),
     dict(restart_sigma_ratio=True),
     dict(refine_sigma_ratio=True),
     dict(refine_noise="all"),

@@ -1,7 +1,9 @@
 """Geometry of the stereo pair: disparity, forward/backward warps, hole and border masks."""
 from szero_jax.geometry.disparity import disparity_from_depth, minmax_signed, resize_disparity
 from szero_jax.geometry.masks import border_mask, dilate_holes
-from szero_jax.geometry.warp import backward_warp, forward_warp, occlusion_mask
+from szero_jax.geometry.warp import (background_fill, backward_warp, forward_warp, occlusion_mask,
+                                    warp_background_filled)
 
-__all__ = ["backward_warp", "border_mask", "dilate_holes", "disparity_from_depth",
-           "forward_warp", "minmax_signed", "occlusion_mask", "resize_disparity"]
+__all__ = ["background_fill", "backward_warp", "border_mask", "dilate_holes", "disparity_from_depth",
+           "forward_warp", "minmax_signed", "occlusion_mask", "resize_disparity",
+           "warp_background_filled"]

@@ -119,3 +119,42 @@ def backward_warp(x_right, disparity, mode: str = "linear"):
     out = take(lo) if mode == "nearest" else take(lo) * (1 - frac) + take(hi) * frac
     out = jnp.where(valid[..., None], out, 0).astype(x_right.dtype)
     return out, valid
+
+
+def _nearest_valid(valid, reverse: bool = False):
+    """Per pixel of rows valid [..., W], the column of the nearest valid pixel at or before
+    it (at or after it with ``reverse``), -1 where there is none."""
+    w = valid.shape[-1]
+    cols = jnp.arange(w, dtype=jnp.int32)
+    if reverse:
+        flipped = jnp.where(valid[..., ::-1], cols, -1)          # position from the right
+        found = jax.lax.cummax(flipped, axis=valid.ndim - 1)[..., ::-1]
+        return jnp.where(found >= 0, w - 1 - found, -1)
+    return jax.lax.cummax(jnp.where(valid, cols, -1), axis=valid.ndim - 1)
+
+
+def background_fill(x, holes, warped_disparity):
+    """Fill the holes of a forward-warped view from the background side: each hole pixel of
+    x [..., H, W, C] takes the nearest non-hole pixel of its row whose warped disparity
+    [..., H, W] is the smaller (farther: a disocclusion uncovers background), the only one at
+    a frame edge, zero in an all-hole row. This is "stretch" (edge fill, StereoDiffusion
+    Tab. 1), the classical baseline; the samplers use it as an option for the holes' first
+    content, in place of the unwarped left view's (which is the occluder: a ghost)."""
+    x, holes, wd = jnp.asarray(x), jnp.asarray(holes), jnp.asarray(warped_disparity)
+    valid = ~holes
+    lc, rc = _nearest_valid(valid), _nearest_valid(valid, reverse=True)
+    take = lambda a, col: jnp.take_along_axis(a, jnp.maximum(col, 0), axis=-1)
+    d_l = jnp.where(lc >= 0, take(wd, lc), jnp.inf)
+    d_r = jnp.where(rc >= 0, take(wd, rc), jnp.inf)
+    col = jnp.where(d_l <= d_r, lc, rc)
+    filled = jnp.take_along_axis(x, jnp.maximum(col, 0)[..., None], axis=-2)
+    fill = jnp.where((col >= 0)[..., None], filled, jnp.zeros((), x.dtype))
+    return jnp.where(holes[..., None], fill, x)
+
+
+def warp_background_filled(x, disparity):
+    """``forward_warp`` with the holes filled by ``background_fill``: (filled, holes)."""
+    x, disparity = _check_pair(x, disparity, "x")
+    warped, holes = forward_warp(x, disparity)
+    wd, _ = forward_warp(disparity[..., None].astype(jnp.float32), disparity)
+    return background_fill(warped, holes, wd[..., 0]), holes

@@ -32,7 +32,7 @@ from szero_jax.diffusion import DynamicRescale, GuidanceScales, plan_slice
 from szero_jax.diffusion.euler import euler_sample, make_euler_plan
 from szero_jax.diffusion.guidance import guidance
 from szero_jax.diffusion.schedules import NoiseSchedule
-from szero_jax.geometry import forward_warp
+from szero_jax.geometry import forward_warp, warp_background_filled
 from szero_jax.models.clip import CLIPVisionEncoder, preprocess_image
 from szero_jax.pipelines.bundles import VideoModels
 from szero_jax.pipelines.conditioning import (decode_latents, depth_model_fn, encode_latents,
@@ -188,11 +188,15 @@ def context(models: VideoModels, prompt: str, image01, latent, sampling: Samplin
 def with_right_condition(ctx: Context, disparity, stereo: StereoCrafterZeroConfig) -> Context:
     """The right view's overrides (``StereoCrafterZeroConfig.right_condition``): "warped" =
     the image latent forward-warped by the first frame's latent disparity [1, T, h, w], holes
-    keeping the left's values; "left" (released) = none, both views share the left's."""
+    keeping the left's values; "warped_background": holes stretched from their far side
+    (``geometry.background_fill``); "left" (released) = none, both views share the left's."""
     if stereo.right_condition == "left":
         return ctx._replace(right={})
     z = ctx.cond["concat"]
-    warped, holes = forward_warp(z, jnp.broadcast_to(disparity[:, :1], disparity.shape))
+    d0 = jnp.broadcast_to(disparity[:, :1], disparity.shape)
+    if stereo.right_condition == "warped_background":
+        return ctx._replace(right={"concat": warp_background_filled(z, d0)[0]})
+    warped, holes = forward_warp(z, d0)
     return ctx._replace(right={"concat": jnp.where(holes[..., None], z, warped)})
 
 

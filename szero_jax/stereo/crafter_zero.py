@@ -62,7 +62,7 @@ import numpy as np
 
 from szero_jax.diffusion import DDIMPlan, ddim_step, plan_at
 from szero_jax.diffusion.guidance import check_prediction_type
-from szero_jax.geometry import border_mask, forward_warp
+from szero_jax.geometry import background_fill, border_mask, forward_warp
 from szero_jax.stereo.common import (StereoDenoiseFn, check_latent_and_disparity, join_views,
                                      mode_code, split_views)
 
@@ -82,6 +82,8 @@ def released_refine_schedule(max_warp_step: int = 40) -> Tuple[Tuple[int, int], 
 
 
 DEPTH_NORMALISATIONS = ("percentiles", "none")
+FIRST_ROUND_FILLS = ("left", "background", "previous_step")
+RIGHT_CONDITIONS = ("warped", "warped_background", "left")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +94,10 @@ class StereoCrafterZeroConfig:
     """
     restart_steps: int = 6                  # K: paper Tabs. 4-5 (K = 6 best; Sec. 4.1 says 5)
     restart_rounds: int = 7                 # L: paper Sec. 3.1 / 4.1
-    first_round_fill: str = "left"          # paper Sec. 3.1; "previous_step": released
+    first_round_fill: str = "left"          # paper Sec. 3.1; "previous_step": released;
+                                            # "background": the warped left stretched from
+                                            # the holes' far side (ours: the unwarped left
+                                            # there is the occluder, seen as a ghost)
     restart_sigma_ratio: bool = False       # released ddim_stereo.py scales by sigma_t/sigma_{t+1}
     border: str = "hard"                    # Eq. 3; "blend": released; "off"
     border_left_weight: float = 0.9         # released ddim_stereo.py clean_border `lam`
@@ -113,7 +118,9 @@ class StereoCrafterZeroConfig:
     # Image condition of the right view (DynamiCrafter's concatenated first-frame latent;
     # the paper is silent): "warped" = the left one warped by the first frame's disparity,
     # holes keeping the left's (ours: DynamiCrafter copies its concat image, so an unwarped
-    # one pulls the right view back onto the left's geometry, see DESIGN.md); "left": released.
+    # one pulls the right view back onto the left's geometry, see DESIGN.md); "left": released;
+    # "warped_background": warped, holes stretched from their far side (ours, as
+    # first_round_fill "background": the left's values there are the occluder's).
     right_condition: str = "warped"
     # Pipeline-level settings of the released run, carried here so the preset holds them;
     # the sampler ignores them, the pipelines read them (None / defaults: theirs).
@@ -156,11 +163,11 @@ class StereoCrafterZeroConfig:
         def choice(name, allowed):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        choice("first_round_fill", ("left", "previous_step"))
+        choice("first_round_fill", FIRST_ROUND_FILLS)
         choice("border", ("hard", "blend", "off"))
         choice("right_noise", ("warped", "reuse_left"))
         choice("refine_noise", ("holes", "all"))
-        choice("right_condition", ("warped", "left"))
+        choice("right_condition", RIGHT_CONDITIONS)
         choice("depth_normalisation", DEPTH_NORMALISATIONS)
         choice("right_view", ("latent", "composite"))
         mode_code(self.cross_view, "cross_view")
@@ -223,6 +230,8 @@ class StereoEvents(NamedTuple):
     refine_sigma_ratio: np.ndarray   # bool scalar
     warp_noise: np.ndarray         # bool scalar: right noise = warped left noise
     refine_noise_all: np.ndarray   # bool scalar: refinement rounds draw noise everywhere
+    fill_background: np.ndarray    # bool scalar: fill_left events stretch the warped left
+                                   # from the holes' far side instead
 
 
 def build_events(config: StereoCrafterZeroConfig, num_steps: int) -> StereoEvents:
@@ -232,7 +241,7 @@ def build_events(config: StereoCrafterZeroConfig, num_steps: int) -> StereoEvent
     rows = []
     for r in range(n_rounds):
         for s in range(k):
-            fill_left = r == 0 and (config.first_round_fill == "left" or s == 0)
+            fill_left = r == 0 and (config.first_round_fill != "previous_step" or s == 0)
             rows.append((s, s, True, r == 0, fill_left, True, False, r == 0))
     stages = config.warp_steps(num_steps)
     for s in range(k, num_steps):
@@ -251,7 +260,8 @@ def build_events(config: StereoCrafterZeroConfig, num_steps: int) -> StereoEvent
         steps, np.asarray(cols[1], np.int32), *(np.asarray(c, bool) for c in cols[2:]),
         mode.astype(np.int32), np.arange(k, dtype=np.int32), np.float32(border),
         np.bool_(config.restart_sigma_ratio), np.bool_(config.refine_sigma_ratio),
-        np.bool_(config.right_noise == "warped"), np.bool_(config.refine_noise == "all"))
+        np.bool_(config.right_noise == "warped"), np.bool_(config.refine_noise == "all"),
+        np.bool_(config.first_round_fill == "background"))
 
 
 def num_evaluations(config: StereoCrafterZeroConfig, num_steps: int) -> int:
@@ -427,6 +437,7 @@ def stereocrafter_zero_run(denoise_fn: StereoDenoiseFn, x_T, disparity, plan: DD
     noise_r = _right_noise(k_holes, noise_l, disparity, ev.warp_noise)
     fixed_eps = jax.random.normal(k_fixed, (k,) + x_T.shape, x_T.dtype)  # eps'_t, drawn once
     border_w = ev.border_weight
+    warped_d = forward_warp(disparity[..., None], disparity)[0][..., 0]   # background_fill's key
 
     def bcast(mask):
         return mask[..., None]
@@ -454,7 +465,9 @@ def stereocrafter_zero_run(denoise_fn: StereoDenoiseFn, x_T, disparity, plan: DD
 
         def warped_input():
             warped, h = forward_warp(x_l_in, disparity)
-            first = jnp.where(e.fill_left, x_l_in, c.last_out)
+            from_left = jnp.where(ev.fill_background, background_fill(warped, h, warped_d),
+                                  x_l_in)
+            first = jnp.where(e.fill_left, from_left, c.last_out)
             fill = jnp.where(e.round0, first, c.right_store[e.slot])
             m_border = bcast(border_mask(h)) & e.restart   # Eq. 3
             fill = jnp.where(m_border, border_w * x_l_in + (1.0 - border_w) * fill, fill)
