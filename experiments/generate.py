@@ -90,7 +90,7 @@ def _prompt():
     raise ValueError("--prompt: required when --image is not the bundled sample")
 
 
-def _metrics(res):
+def stereo_metrics(res):
     import numpy as np  # pylint: disable=import-outside-toplevel
     from szero_jax import metrics  # pylint: disable=import-outside-toplevel
     from szero_jax.pipelines.composite import composite_right  # pylint: disable=import-outside-toplevel
@@ -165,7 +165,7 @@ def main(argv):
                          "encode": {k: str(v) if k == "fps" else v
                                     for k, v in dataclasses.asdict(encode).items()}},
             "timings_s": {"load_models": load_s, **res.timings, "write_outputs": write_s},
-            "metrics": _metrics(res),
+            "metrics": stereo_metrics(res),
             "files": files + [{"path": "summary.json", "role": "summary"},
                               {"path": "report.html", "role": "report"}],
         }

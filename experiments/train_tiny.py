@@ -93,6 +93,7 @@ SD_EVAL_T = (50, 250, 500, 750, 950)  # its timesteps (fixed noise): the curve i
 # Decoder fine-tune loss L1 + LPIPS_WEIGHT x LPIPS (AlexNet): stabilityai/sd-vae-ft-mse's
 # decoder-only fine-tune weight 0.1 (its README; ft-EMA's 1.0 gave 0.7 dB lower COCO PSNR).
 LPIPS_WEIGHT = 0.1
+BUDGET_PROBE = 20  # steps timed (after the compiling one) to fit a budgeted schedule
 ENCODE_FRAMES = 64  # frames per VAE call when encoding the training clips (memory bound)
 F32 = jnp.float32
 
@@ -118,6 +119,9 @@ class TrainConfig:
     log_every: int = 25                # log the mean loss every this many steps
     save_every: int = 200              # checkpoint the train state every this many steps
     seed: int = 0                      # initialisation, batches and noise
+    time_budget_s: Optional[float] = None  # wall seconds per stage run: the schedule is
+                                           # fitted to the measured rate, the run stops there
+    workers: int = 1                   # processes rendering the clip cache
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -147,6 +151,11 @@ class TrainConfig:
         for name in ("num_eval", "log_every", "save_every"):
             check_int(owner, name, getattr(self, name), 1)
         check_int(owner, "seed", self.seed, 0)
+        check_int(owner, "workers", self.workers, 1)
+        if self.time_budget_s is not None and not (isinstance(self.time_budget_s, (int, float))
+                                                   and self.time_budget_s > 0):
+            raise ValueError(f"time_budget_s: expected a positive number of seconds or None, "
+                             f"got {self.time_budget_s!r}")
         for name in ("output_dir", "work_dir", "docs_dir"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name}: expected a folder name, got {getattr(self, name)!r}")
@@ -181,28 +190,42 @@ flags.DEFINE_list("decoder_channels", None, "vae_decoder: train a fresh decoder 
                   "fine-tuning init_from's decoder.")
 flags.DEFINE_integer("log_every", _T.log_every, "Log the mean loss every this many steps.")
 flags.DEFINE_integer("save_every", _T.save_every, "Checkpoint the train state every this many steps.")
+flags.DEFINE_float("time_budget_s", _T.time_budget_s, "Wall seconds per stage run: the cosine "
+                   "schedule is shortened to the steps the measured rate fits, and the run stops "
+                   "there (a GPU lease's minutes; default: none, run --steps).")
+flags.DEFINE_integer("workers", _T.workers, "Processes rendering the clip cache.")
 cf.declare(__name__, "steps", "seed", "output_dir", "height", "width", "frames", "resume")
 FLAGS = flags.FLAGS
 
 
 # ----------------------------------------------------------------------------- data
-def clip_cache(work_dir: Path, n: int, h: int, w: int, frames: int) -> dict:
-    """Training clips of 2*frames frames, rendered once: frames uint8, disparity, tokens."""
+def _render_clip(seed: int, h: int, w: int, frames: int):
+    assert seed < world.HELDOUT_SEED_START
+    s = world.make_scene(seed, h, w, frames)
+    return np.round(s.left * 255).astype(np.uint8), s.disparity.astype(np.float32), s.caption
+
+
+def clip_cache(work_dir: Path, n: int, h: int, w: int, frames: int, workers: int = 1) -> dict:
+    """Training clips of 2*frames frames, rendered once (by ``workers`` processes): frames
+    uint8, disparity, tokens."""
     path = work_dir / f"clips_{n}_{h}x{w}x{2 * frames}.npz"
     if path.exists():
         return dict(np.load(path))
-    logging.info("rendering %d training clips (%dx%d, %d frames) into %s", n, h, w, 2 * frames, path)
-    video, disp, captions, t0 = [], [], [], time.time()
-    for seed in range(n):
-        assert seed < world.HELDOUT_SEED_START
-        s = world.make_scene(seed, h, w, 2 * frames)
-        video.append(np.round(s.left * 255).astype(np.uint8))
-        disp.append(s.disparity.astype(np.float32))
-        captions.append(s.caption)
-        if (seed + 1) % 50 == 0:
-            logging.info("  %d/%d clips, %.0f s", seed + 1, n, time.time() - t0)
+    logging.info("rendering %d training clips (%dx%d, %d frames, %d workers) into %s", n, h, w,
+                 2 * frames, workers, path)
+    t0 = time.time()
+    render = functools.partial(_render_clip, h=h, w=w, frames=2 * frames)
+    if workers > 1:     # spawned: the parent holds JAX's threads, which fork would copy
+        import multiprocessing  # pylint: disable=import-outside-toplevel
+        from concurrent.futures import ProcessPoolExecutor  # pylint: disable=import-outside-toplevel
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+            clips = list(ex.map(render, range(n), chunksize=max(1, n // (4 * workers))))
+    else:
+        clips = [render(seed) for seed in range(n)]
+    logging.info("  rendered in %.0f s", time.time() - t0)
+    video, disp, captions = zip(*clips)
     data = dict(video=np.stack(video), disparity=np.stack(disp),
-                tokens=tiny.tokenizer()(captions))
+                tokens=tiny.tokenizer()(list(captions)))
     work_dir.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
         np.savez(tmp, **data)
@@ -223,20 +246,40 @@ def gray3(x):
 
 
 # ----------------------------------------------------------------------------- training loop
+def lr_schedule(stage: str, steps: int):
+    """Warmup + cosine decay to 5 % of the stage's peak over ``steps`` (host-side: the step
+    function takes the rate as an argument, so a budgeted run can fit ``steps`` after it
+    started without compiling again)."""
+    return optax.warmup_cosine_decay_schedule(0.0, LR[stage], min(100, steps // 10 + 1), steps,
+                                              LR[stage] * 0.05)
+
+
+def budgeted_steps(done_to: int, steps: int, rate: float, elapsed: float, budget: float) -> int:
+    """The schedule's length at step ``done_to``, ``elapsed`` seconds into a ``budget``, at
+    ``rate`` steps/s: what the rest of the budget fits (90 % of it: checkpoints and
+    monitoring also take time), at least ``done_to``, at most ``steps``."""
+    return int(min(steps, done_to + max(0.0, 0.9 * rate * (budget - elapsed))))
+
+
 def fit(config: TrainConfig, stage: str, params, loss_fn, batch_fn, frozen, on_save=None):
     """Generic loop: AdamW with warmup + cosine decay, grad clipping, orbax train state.
 
     ``loss_fn(params, frozen, batch, key) -> (loss, aux)``; ``batch_fn(rng) -> batch``;
     ``on_save(step, params)``, if given, runs at the start and after every checkpoint
-    (held-out monitoring). Returns the trained params and the report written to
+    (held-out monitoring). With ``config.time_budget_s`` the run measures its rate over its
+    first BUDGET_PROBE steps after the compiling one and shortens the schedule to what the
+    budget fits (stored in the train state, so --resume keeps it), and stops at the budget
+    in any case. Returns the trained params and the report written to
     ``work_dir/train_<stage>.json``.
     """
     steps, work_dir = config.steps_for(stage), Path(config.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    lr = optax.warmup_cosine_decay_schedule(0.0, LR[stage], min(100, steps // 10 + 1), steps,
-                                            LR[stage] * 0.05)
-    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr, weight_decay=1e-4))
-    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    # adamw at rate 1, its update scaled by the step's rate: adamw's own (decoupled weight
+    # decay included) with the rate as a traced argument
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1.0, weight_decay=1e-4))
+    # "fitted": the schedule's length a budgeted run chose (0: --steps), kept on resume
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+             "fitted": jnp.zeros((), jnp.int32)}
     mngr = ocp.CheckpointManager((work_dir / f"state_{stage}").resolve(),
                                  options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
     if config.resume and mngr.latest_step() is not None:
@@ -245,37 +288,63 @@ def fit(config: TrainConfig, stage: str, params, loss_fn, batch_fn, frozen, on_s
         logging.info("[%s] resumed at step %d", stage, int(state["step"]))
 
     @jax.jit
-    def step_fn(params, opt_state, frozen, batch, key):
+    def step_fn(params, opt_state, frozen, batch, key, rate):
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, frozen, batch, key)
         updates, opt_state = tx.update(grads, opt_state, params)
+        updates = jax.tree.map(lambda u: u * rate.astype(u.dtype), updates)
         return optax.apply_updates(params, updates), opt_state, loss, aux
 
     params, opt_state = state["params"], state["opt_state"]
     start = int(state["step"])
+    fitted = int(state["fitted"])
+    total = fitted or steps
+    schedule = lr_schedule(stage, total)
     n_params = sum(x.size for x in jax.tree.leaves(params))
-    logging.info("[%s] %.2fM trainable params, steps %d..%d", stage, n_params / 1e6, start, steps)
+    logging.info("[%s] %.2fM trainable params, steps %d..%d", stage, n_params / 1e6, start, total)
     if on_save is not None:
         on_save(start, params)
-    window, t0, history = [], time.time(), []
-    for step in range(start, steps):
+    window, t0, history, t_probe, stopped = [], time.time(), [], None, False
+    budget = config.time_budget_s
+    step = start
+    while step < total:
         rng = np.random.default_rng([config.seed, ALL_STAGES.index(stage), step])
         key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
-        params, opt_state, loss, aux = step_fn(params, opt_state, frozen, batch_fn(rng), key)
+        params, opt_state, loss, aux = step_fn(params, opt_state, frozen, batch_fn(rng), key,
+                                               jnp.float32(schedule(step)))
         window.append(float(loss))
-        if (step + 1) % config.log_every == 0 or step + 1 == steps:
-            rate = (step + 1 - start) / (time.time() - t0)
+        step += 1
+        if budget is not None and step == start + 1:
+            t_probe = time.time()                  # after the compiling step
+        if budget is not None and not fitted and step == start + 1 + BUDGET_PROBE:
+            fit_to = budgeted_steps(step, total, BUDGET_PROBE / (time.time() - t_probe),
+                                    time.time() - t0, budget)
+            if fit_to < total:
+                logging.info("[%s] %.2f steps/s: the %.0f s budget fits %d of %d steps", stage,
+                             BUDGET_PROBE / (time.time() - t_probe), budget, fit_to, total)
+                total = fitted = fit_to
+                schedule = lr_schedule(stage, total)
+        over = budget is not None and time.time() - t0 > budget and step < total
+        if step % config.log_every == 0 or step == total or over:
+            rate = (step - start) / (time.time() - t0)
             extra = " ".join(f"{k} {float(v):.4f}" for k, v in aux.items())
-            logging.info("[%s] step %d/%d loss %.5f %s | %.2f steps/s, eta %.0f s", stage, step + 1,
-                         steps, np.mean(window), extra, rate, (steps - step - 1) / rate)
-            history.append([step + 1, float(np.mean(window))])
+            logging.info("[%s] step %d/%d loss %.5f %s | %.2f steps/s, eta %.0f s", stage, step,
+                         total, np.mean(window), extra, rate, (total - step) / rate)
+            history.append([step, float(np.mean(window))])
             window = []
-        if (step + 1) % config.save_every == 0 or step + 1 == steps:
-            mngr.save(step + 1, args=ocp.args.StandardSave(
-                {"params": params, "opt_state": opt_state, "step": jnp.asarray(step + 1, jnp.int32)}))
+        if step % config.save_every == 0 or step == total or over:
+            mngr.save(step, args=ocp.args.StandardSave(
+                {"params": params, "opt_state": opt_state, "step": jnp.asarray(step, jnp.int32),
+                 "fitted": jnp.asarray(fitted, jnp.int32)}))
             if on_save is not None:
-                on_save(step + 1, params)
+                on_save(step, params)
+        if over:
+            logging.warning("[%s] stopped at step %d of %d: the %.0f s budget is spent "
+                            "(--resume continues the schedule)", stage, step, total, budget)
+            stopped = True
+            break
     mngr.wait_until_finished()
-    report = {"steps": steps, "wall_s": time.time() - t0, "resumed_at": start,
+    report = {"steps": total, "wall_s": time.time() - t0, "resumed_at": start,
+              "stopped_at": step if stopped else None,
               "final_loss": history[-1][1] if history else None, "history": history}
     with atomic_output(work_dir / f"train_{stage}.json") as tmp:
         tmp.write_text(json.dumps(report, indent=1))
@@ -858,7 +927,7 @@ def train(config: TrainConfig) -> dict:
         else:
             if data is None:
                 data = clip_cache(Path(config.work_dir), config.num_clips, config.height,
-                                  config.width, config.frames)
+                                  config.width, config.frames, config.workers)
             reports[stage] = STAGE_FNS[stage](config, data)
         logging.info("stage %s done in %.0f s", stage, time.time() - t0)
     return reports

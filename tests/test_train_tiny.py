@@ -306,3 +306,47 @@ def test_vae_decoder_loss_decreases_on_a_fixed_batch(tmp_path):
         after[1]["lpips"]))
     assert float(after[0]) < 0.9 * float(before[0])
     assert float(after[1]["psnr"]) > float(before[1]["psnr"]) + 0.5
+
+
+def test_budgeted_steps_fits_the_rest_of_the_budget():
+    from experiments.train_tiny import budgeted_steps
+    # 10 steps/s, 20 s of a 120 s budget spent at step 50: 90 % of 100 s more = 900 steps
+    assert budgeted_steps(50, 10_000, 10.0, 20.0, 120.0) == 950
+    assert budgeted_steps(50, 500, 10.0, 20.0, 120.0) == 500       # --steps caps it
+    assert budgeted_steps(50, 10_000, 10.0, 130.0, 120.0) == 50     # over: what is done
+
+
+def test_fit_within_a_time_budget_shortens_the_schedule_and_resume_keeps_it(tmp_path):
+    """A 3 s budget on a 100,000-step run: the schedule is fitted after the probe (the run
+    ends with the rate at its floor, 5 % of the peak), the train state keeps the fitted
+    length, and a resumed run with a larger budget does not refit it."""
+    from experiments.train_tiny import LR, TrainConfig, fit, lr_schedule
+
+    def loss_fn(params, frozen, batch, key):
+        time.sleep(0.002)                        # traced once: not a per-step cost
+        return jnp.mean((params["w"] - batch) ** 2), {}
+
+    def batch_fn(rng):
+        time.sleep(0.01)                         # ~100 steps/s at most
+        return rng.standard_normal(4).astype(np.float32)
+
+    cfg = TrainConfig(stage="clip", steps=100_000, work_dir=str(tmp_path), log_every=50,
+                      save_every=100_000, time_budget_s=3.0)
+    _, rep = fit(cfg, "clip", {"w": jnp.zeros(4)}, loss_fn, batch_fn, None)
+    assert 21 < rep["steps"] < 1000 and rep["wall_s"] < 3.0 + 1.5
+    assert rep["stopped_at"] in (None, *range(rep["steps"]))
+    total = rep["steps"]
+    assert float(lr_schedule("clip", total)(total)) == pytest.approx(0.05 * LR["clip"])
+    if rep["stopped_at"] is None:                # finished inside the budget: resume = done
+        again = dataclasses.replace(cfg, resume=True, time_budget_s=60.0)
+        _, rep2 = fit(again, "clip", {"w": jnp.zeros(4)}, loss_fn, batch_fn, None)
+        assert rep2["steps"] == total and rep2["resumed_at"] == total and rep2["history"] == []
+
+
+def test_clip_cache_renders_the_same_with_workers(tmp_path):
+    from experiments.train_tiny import clip_cache
+    one = clip_cache(tmp_path / "a", 3, 32, 32, 1)
+    two = clip_cache(tmp_path / "b", 3, 32, 32, 1, workers=2)
+    for k in ("video", "disparity", "tokens"):
+        np.testing.assert_array_equal(one[k], two[k])
+    assert one["video"].shape == (3, 2, 32, 32, 3)
