@@ -21,14 +21,12 @@ from experiments import common_flags as cf
 
 DEMO_SEED = 1_000_004   # szero_jax/assets/samples/demo.json
 # name -> (StereoCrafterZeroConfig overrides, DepthConfig overrides); "paper" = every default.
+BACKGROUND = {"first_round_fill": "background", "right_condition": "warped_background"}
 SETTINGS = {
     "paper": ({}, {}),
-    "background": ({"first_round_fill": "background", "right_condition": "warped_background"},
-                   {}),
-    "background_d24": ({"first_round_fill": "background",
-                        "right_condition": "warped_background"}, {"max_disparity": 0.24}),
-    "background_stop0": ({"first_round_fill": "background",
-                          "right_condition": "warped_background", "warp_stop_t": 0}, {}),
+    "background": (BACKGROUND, {}),
+    "background_d24": (BACKGROUND, {"max_disparity": 0.24}),
+    "background_stop0": ({**BACKGROUND, "warp_stop_t": 0}, {}),
 }
 
 cf.declare(__name__, "output_json", "resume", "steps", "seed")

@@ -303,7 +303,7 @@ def fit(config: TrainConfig, stage: str, params, loss_fn, batch_fn, frozen, on_s
     logging.info("[%s] %.2fM trainable params, steps %d..%d", stage, n_params / 1e6, start, total)
     if on_save is not None:
         on_save(start, params)
-    window, t0, history, t_probe, stopped = [], time.time(), [], None, False
+    window, t0, history, t_probe = [], time.time(), [], None
     budget = config.time_budget_s
     step = start
     while step < total:
@@ -316,11 +316,11 @@ def fit(config: TrainConfig, stage: str, params, loss_fn, batch_fn, frozen, on_s
         if budget is not None and step == start + 1:
             t_probe = time.time()                  # after the compiling step
         if budget is not None and not fitted and step == start + 1 + BUDGET_PROBE:
-            fit_to = budgeted_steps(step, total, BUDGET_PROBE / (time.time() - t_probe),
-                                    time.time() - t0, budget)
+            probe_rate = BUDGET_PROBE / (time.time() - t_probe)
+            fit_to = budgeted_steps(step, total, probe_rate, time.time() - t0, budget)
             if fit_to < total:
                 logging.info("[%s] %.2f steps/s: the %.0f s budget fits %d of %d steps", stage,
-                             BUDGET_PROBE / (time.time() - t_probe), budget, fit_to, total)
+                             probe_rate, budget, fit_to, total)
                 total = fitted = fit_to
                 schedule = lr_schedule(stage, total)
         over = budget is not None and time.time() - t0 > budget and step < total
@@ -340,11 +340,10 @@ def fit(config: TrainConfig, stage: str, params, loss_fn, batch_fn, frozen, on_s
         if over:
             logging.warning("[%s] stopped at step %d of %d: the %.0f s budget is spent "
                             "(--resume continues the schedule)", stage, step, total, budget)
-            stopped = True
             break
     mngr.wait_until_finished()
     report = {"steps": total, "wall_s": time.time() - t0, "resumed_at": start,
-              "stopped_at": step if stopped else None,
+              "stopped_at": step if step < total else None,   # < total: the budget ran out
               "final_loss": history[-1][1] if history else None, "history": history}
     with atomic_output(work_dir / f"train_{stage}.json") as tmp:
         tmp.write_text(json.dumps(report, indent=1))

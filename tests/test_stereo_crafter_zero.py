@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from szero_jax.diffusion import ddim_sample, ddim_step, plan_at
-from szero_jax.geometry import background_fill, border_mask
+from szero_jax.geometry import background_fill, border_mask, warped_disparity
 from szero_jax.geometry.warp import forward_warp
 from szero_jax.models.attention import cross_view_index
 from szero_jax.stereo.crafter_zero import (StereoCrafterZeroConfig, build_events,
@@ -123,7 +123,7 @@ def test_single_round_without_refinement_is_plain_latent_warping(fill):
         if i == 0:
             first = x_l
             if fill == "background":
-                wd = forward_warp(d[..., None], d)[0][..., 0]
+                wd = warped_disparity(d)
                 first = jnp.where(border_mask(holes)[..., None], x_l,
                                   background_fill(warped, holes, wd))
                 assert float(jnp.abs(first - x_l)[holes].max()) > 1e-2   # it changes the fill

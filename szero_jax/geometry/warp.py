@@ -152,9 +152,8 @@ def background_fill(x, holes, warped_disparity):
     return jnp.where(holes[..., None], fill, x)
 
 
-def warp_background_filled(x, disparity):
-    """``forward_warp`` with the holes filled by ``background_fill``: (filled, holes)."""
-    x, disparity = _check_pair(x, disparity, "x")
-    warped, holes = forward_warp(x, disparity)
-    wd, _ = forward_warp(disparity[..., None].astype(jnp.float32), disparity)
-    return background_fill(warped, holes, wd[..., 0]), holes
+def warped_disparity(disparity):
+    """The disparity [..., H, W] of the source winning each right-view pixel (zero in the
+    holes): ``background_fill``'s key."""
+    disparity = jnp.asarray(disparity)
+    return forward_warp(disparity[..., None].astype(jnp.float32), disparity)[0][..., 0]

@@ -32,7 +32,7 @@ from szero_jax.diffusion import DynamicRescale, GuidanceScales, plan_slice
 from szero_jax.diffusion.euler import euler_sample, make_euler_plan
 from szero_jax.diffusion.guidance import guidance
 from szero_jax.diffusion.schedules import NoiseSchedule
-from szero_jax.geometry import forward_warp, warp_background_filled
+from szero_jax.geometry import background_fill, forward_warp, warped_disparity
 from szero_jax.models.clip import CLIPVisionEncoder, preprocess_image
 from szero_jax.pipelines.bundles import VideoModels
 from szero_jax.pipelines.conditioning import (decode_latents, depth_model_fn, encode_latents,
@@ -194,9 +194,9 @@ def with_right_condition(ctx: Context, disparity, stereo: StereoCrafterZeroConfi
         return ctx._replace(right={})
     z = ctx.cond["concat"]
     d0 = jnp.broadcast_to(disparity[:, :1], disparity.shape)
-    if stereo.right_condition == "warped_background":
-        return ctx._replace(right={"concat": warp_background_filled(z, d0)[0]})
     warped, holes = forward_warp(z, d0)
+    if stereo.right_condition == "warped_background":
+        return ctx._replace(right={"concat": background_fill(warped, holes, warped_disparity(d0))})
     return ctx._replace(right={"concat": jnp.where(holes[..., None], z, warped)})
 
 

@@ -62,7 +62,7 @@ import numpy as np
 
 from szero_jax.diffusion import DDIMPlan, ddim_step, plan_at
 from szero_jax.diffusion.guidance import check_prediction_type
-from szero_jax.geometry import background_fill, border_mask, forward_warp
+from szero_jax.geometry import background_fill, border_mask, forward_warp, warped_disparity
 from szero_jax.stereo.common import (StereoDenoiseFn, check_latent_and_disparity, join_views,
                                      mode_code, split_views)
 
@@ -437,7 +437,7 @@ def stereocrafter_zero_run(denoise_fn: StereoDenoiseFn, x_T, disparity, plan: DD
     noise_r = _right_noise(k_holes, noise_l, disparity, ev.warp_noise)
     fixed_eps = jax.random.normal(k_fixed, (k,) + x_T.shape, x_T.dtype)  # eps'_t, drawn once
     border_w = ev.border_weight
-    warped_d = forward_warp(disparity[..., None], disparity)[0][..., 0]   # background_fill's key
+    warped_d = warped_disparity(disparity)       # background_fill's key, fixed for the run
 
     def bcast(mask):
         return mask[..., None]
@@ -465,8 +465,9 @@ def stereocrafter_zero_run(denoise_fn: StereoDenoiseFn, x_T, disparity, plan: DD
 
         def warped_input():
             warped, h = forward_warp(x_l_in, disparity)
-            from_left = jnp.where(ev.fill_background, background_fill(warped, h, warped_d),
-                                  x_l_in)
+            from_left = jax.lax.cond(ev.fill_background,      # only the chosen one runs
+                                     lambda: background_fill(warped, h, warped_d),
+                                     lambda: x_l_in)
             first = jnp.where(e.fill_left, from_left, c.last_out)
             fill = jnp.where(e.round0, first, c.right_store[e.slot])
             m_border = bcast(border_mask(h)) & e.restart   # Eq. 3
