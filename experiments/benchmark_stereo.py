@@ -108,7 +108,7 @@ import numpy as np
 from experiments import baselines as B
 from experiments import common_flags as cf
 from szero_jax.io.atomic import atomic_output
-from szero_jax.metrics import left_right_consistency, psnr
+from szero_jax.metrics import hole_ghost, left_right_consistency, psnr
 from szero_jax.pipelines.composite import composite_right
 from szero_jax.pipelines.config import DepthConfig, SamplingConfig
 
@@ -775,17 +775,10 @@ COMPOSITE_ROWS = ("szero", "released", "stereodiffusion_video_unet", "bg_both")
 
 
 def _ghost(scene, right) -> dict:
-    """``hole_ghost`` = a / (a + b) over the disoccluded pixels, a = mean |right - true right|,
-    b = mean |right - left|: 1 when the holes show the left view's content at those pixels
-    (the occluder: a duplicate at the left view's position, issue 15), 0 when they show the
-    truth, 0.5 when equally far from both (right = left gives 1)."""
-    mask = np.asarray(scene.disoccluded, bool)
-    if not mask.any():
+    """``hole_ghost`` over the scene's disoccluded pixels (``szero_jax.metrics.hole_ghost``)."""
+    if not np.asarray(scene.disoccluded, bool).any():
         return {}
-    right = np.clip(np.asarray(right, np.float32), 0.0, 1.0)
-    a = float(np.abs(right - scene.right)[mask].mean())
-    b = float(np.abs(right - scene.left)[mask].mean())
-    return {"hole_ghost": a / max(a + b, 1e-12)}
+    return {"hole_ghost": hole_ghost(right, scene.right, scene.left, scene.disoccluded)}
 
 
 def _score(scene, right, use_lpips):

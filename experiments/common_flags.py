@@ -34,6 +34,7 @@ FORMATS = ALL_FORMATS + ("all",)
 DTYPES = ("float32", "bfloat16")
 TINY = "tiny"   # --checkpoint value meaning the shipped tiny family (szero_jax/assets/tiny)
 _S, _D = SamplingConfig(), DepthConfig()
+DEMO_SEED = 1_000_004   # the world seed of szero_jax/assets/samples/demo.json (held out)
 
 flags.DEFINE_string("checkpoint", TINY, "Checkpoint: a converted model directory "
                     "(szero_jax.checkpoints format), or for the converters the source file / "
@@ -60,6 +61,8 @@ flags.DEFINE_bool("resume", False, "Continue an interrupted run from what it alr
                   "(the launcher's --help says what that is; default False: start over)")
 flags.DEFINE_string("output_json", None, "Also write the results here as JSON (default None: "
                     "the launcher's own)")
+flags.DEFINE_integer("num_seeds", 6, "Held-out world seeds: the demo's sample (DEMO_SEED) and the "
+                     "next ones")
 flags.DEFINE_integer("repeats", 3, "Timed runs per case, after a warm-up (default 3; the "
                      "benchmarks report the median)")
 # Sampling (SamplingConfig) ------------------------------------------------------------
@@ -133,6 +136,11 @@ DEPTH_FLAGS = ("depth", "depth_kind", "blur_sigma", "max_disparity", "convergenc
                "dissolve_step", "depth_steps")
 STEREO_FLAGS = ("preset", "restart_steps", "restart_rounds", "refine_rounds", "warp_every",
                 "cross_view", "right_condition", "first_round_fill")
+
+
+def held_out_seeds(n: int) -> list:
+    """The demo's seed and the n - 1 held-out world seeds after it (never used in training)."""
+    return [DEMO_SEED + i for i in range(n)]
 
 
 def declare(module: str, *names: str) -> None:

@@ -3,7 +3,8 @@
 settings; each run scored as the demo scores itself (``experiments.generate.stereo_metrics``:
 left-right consistency against the zero-disparity control, and the composite's).
 
-    python -m experiments.sweep_demo --output_json experiments/results/sweep_demo.json --resume
+    python -m experiments.sweep_demo --output_json experiments/results/sweep_demo.json --resume \
+        --grid_png docs/demo_ghost.png
 
 Seeds: the demo's sample (1,000,004) first, then --num_seeds - 1 more held-out seeds. One JSON
 row per (setting, seed), written after each run, so --resume skips what is done.
@@ -15,46 +16,98 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from absl import app, flags
 
 from experiments import common_flags as cf
 
-DEMO_SEED = 1_000_004   # szero_jax/assets/samples/demo.json
-# name -> (StereoCrafterZeroConfig overrides, DepthConfig overrides); "paper" = every default.
+# name -> overrides of (StereoCrafterZeroConfig, DepthConfig, SamplingConfig); "paper" = every
+# default (the tiny family's max_disparity 0.16 and guidance 1.0, szero_jax.tiny.VIDEO).
+GRID_FRAMES = (0, 4, 7)   # the frames issue 15 looked at
+TRUE_DISPARITY = {"source": "given", "kind": "disparity_px", "blur_sigma": 0.0}
 BACKGROUND = {"first_round_fill": "background", "right_condition": "warped_background"}
 SETTINGS = {
-    "paper": ({}, {}),
-    "background": (BACKGROUND, {}),
-    "background_d24": (BACKGROUND, {"max_disparity": 0.24}),
-    "background_stop0": ({**BACKGROUND, "warp_stop_t": 0}, {}),
+    "paper": ({}, {}, {}),
+    "background": (BACKGROUND, {}, {}),
+    "background_d24": (BACKGROUND, {"max_disparity": 0.24}, {}),
+    "background_stop0": ({**BACKGROUND, "warp_stop_t": 0}, {}, {}),
+    "background_stop0_d24": ({**BACKGROUND, "warp_stop_t": 0}, {"max_disparity": 0.24}, {}),
+    "background_g2": (BACKGROUND, {}, {"guidance": 2.0}),
+    # The scene's true disparity as the given map (unblurred pixels): the ghost reference.
+    "background_true_disparity": (BACKGROUND, TRUE_DISPARITY, {}),
 }
 
-cf.declare(__name__, "output_json", "resume", "steps", "seed")
-flags.DEFINE_integer("num_seeds", 6, "Held-out seeds: the demo's and the next ones")
+cf.declare(__name__, "output_json", "resume", "steps", "seed", "num_seeds")
 flags.DEFINE_list("settings", list(SETTINGS), f"Named settings, of {list(SETTINGS)}")
+flags.DEFINE_string("grid_png", None, "Also write the demo seed's frames GRID_FRAMES here: the "
+                    "true left and right, the generated left, each setting's right view")
 FLAGS = flags.FLAGS
 
 
-def held_out_seeds(n: int) -> list:
-    return [DEMO_SEED + i for i in range(n)]
+def reference_metrics(res, scene) -> dict:
+    """Frame 0 against the scene (the input image is its left frame 0; later generated frames
+    drift from the rendered clip): the right view's PSNR to the true right view, whole and in
+    the true holes, and ``hole_ghost`` there; the left view's PSNR to the input."""
+    from szero_jax import metrics  # pylint: disable=import-outside-toplevel
+    right, holes = np.clip(res.right[0], 0.0, 1.0), scene.disoccluded[0]
+    return {"right_psnr_frame0": float(metrics.psnr(right, scene.right[0])),
+            "right_hole_psnr_frame0": float(metrics.psnr(right, scene.right[0], mask=holes)),
+            "hole_ghost_frame0": metrics.hole_ghost(right, scene.right[0], scene.left[0], holes),
+            "left_psnr_frame0": float(metrics.psnr(np.clip(res.left[0], 0.0, 1.0),
+                                                   scene.left[0]))}
 
 
 def summarize(rows: list) -> dict:
     """{setting: {metric: [per seed], mean, min}} of the consistency ratios."""
-    import numpy as np  # pylint: disable=import-outside-toplevel
     out = {}
     for r in rows:
         d = out.setdefault(r["setting"], {"seeds": [], "ratio": [], "composite_ratio": [],
-                                          "hole_fraction": []})
+                                          "hole_fraction": [], "hole_ghost_frame0": [],
+                                          "right_psnr_frame0": []})
         m = r["metrics"]
         d["seeds"].append(r["seed"])
         d["ratio"].append(m["consistency_ratio_control_over_result"])
         d["composite_ratio"].append(m["composite"]["consistency_ratio_control_over_result"])
         d["hole_fraction"].append(m["hole_fraction"])
+        for k in ("hole_ghost_frame0", "right_psnr_frame0"):
+            d[k].append(r["reference"][k])
     for d in out.values():
         d["ratio_mean"], d["ratio_min"] = float(np.mean(d["ratio"])), float(np.min(d["ratio"]))
         d["composite_ratio_mean"] = float(np.mean(d["composite_ratio"]))
+        d["hole_ghost_frame0_mean"] = float(np.nanmean(d["hole_ghost_frame0"]))
+        d["right_psnr_frame0_mean"] = float(np.mean(d["right_psnr_frame0"]))
     return out
+
+
+def run(models, name: str, seed: int):
+    """The demo's pipeline on frame 0 of ``seed`` under setting ``name``: (result, scene)."""
+    from szero_jax import pipelines, world  # pylint: disable=import-outside-toplevel
+    from szero_jax.pipelines.config import DepthConfig, SamplingConfig  # pylint: disable=import-outside-toplevel
+    from szero_jax.stereo import StereoCrafterZeroConfig  # pylint: disable=import-outside-toplevel
+    stereo_over, depth_over, sampling_over = SETTINGS[name]
+    stereo = dataclasses.replace(StereoCrafterZeroConfig(), **stereo_over)
+    depth = dataclasses.replace(DepthConfig(), **depth_over)
+    sampling = SamplingConfig(steps=FLAGS.steps, seed=FLAGS.seed, **sampling_over)
+    h, w = (s * models.vae_factor for s in models.config.latent_size)
+    scene = world.make_scene(seed, h, w, models.num_frames)
+    image = np.round(scene.left[0] * 255.0) / 255.0    # as its PNG holds it
+    given = scene.disparity if depth.source == "given" else None
+    res = pipelines.image_to_stereo_video(models, image.astype(np.float32), scene.caption,
+                                          sampling=sampling, depth=depth, stereo=stereo,
+                                          depth_map=given)
+    return res, scene
+
+
+def write_grid(path, views: dict, scene) -> None:
+    """Frames GRID_FRAMES side by side, one row each: the true left and right views of the
+    scene, then per setting its generated left (first setting only) and right views."""
+    from szero_jax import io  # pylint: disable=import-outside-toplevel
+    strip = lambda video: np.concatenate([np.clip(video[f], 0, 1) for f in GRID_FRAMES], axis=1)
+    first = next(iter(views.values()))
+    rows = [strip(scene.left), strip(scene.right), strip(first.left)]
+    rows += [strip(res.right) for res in views.values()]
+    io.write_image(path, np.concatenate(rows, axis=0))
 
 
 def main(argv):
@@ -62,45 +115,45 @@ def main(argv):
     unknown = [s for s in FLAGS.settings if s not in SETTINGS]
     if unknown:
         raise ValueError(f"--settings: unknown {unknown}; known: {list(SETTINGS)}")
-    import numpy as np  # pylint: disable=import-outside-toplevel
     from experiments.generate import stereo_metrics  # pylint: disable=import-outside-toplevel
-    from szero_jax import pipelines, world  # pylint: disable=import-outside-toplevel
+    from szero_jax import pipelines  # pylint: disable=import-outside-toplevel
     from szero_jax.io.atomic import atomic_output  # pylint: disable=import-outside-toplevel
-    from szero_jax.pipelines.config import DepthConfig, SamplingConfig  # pylint: disable=import-outside-toplevel
-    from szero_jax.stereo import StereoCrafterZeroConfig  # pylint: disable=import-outside-toplevel
     out = Path(FLAGS.output_json)
     rows = json.loads(out.read_text())["rows"] if FLAGS.resume and out.exists() else []
     done = {(r["setting"], r["seed"]) for r in rows}
     models = pipelines.load_video_models()
-    h, w = (s * models.vae_factor for s in models.config.latent_size)
-    sampling = SamplingConfig(steps=FLAGS.steps, seed=FLAGS.seed)
+    demo_views, scene = {}, None
     for name in FLAGS.settings:
-        stereo_over, depth_over = SETTINGS[name]
-        stereo = dataclasses.replace(StereoCrafterZeroConfig(), **stereo_over)
-        depth = dataclasses.replace(DepthConfig(), **depth_over)
-        for seed in held_out_seeds(FLAGS.num_seeds):
+        for seed in cf.held_out_seeds(FLAGS.num_seeds):
             if (name, seed) in done:
                 continue
-            scene = world.make_scene(seed, h, w, models.num_frames)
             t0 = time.perf_counter()
-            image = np.round(scene.left[0] * 255.0) / 255.0    # as its PNG holds it
-            res = pipelines.image_to_stereo_video(models, image.astype(np.float32),
-                                                  scene.caption, sampling=sampling, depth=depth,
-                                                  stereo=stereo)
+            res, scene_s = run(models, name, seed)
+            if seed == cf.DEMO_SEED:
+                demo_views[name], scene = res, scene_s
             m = stereo_metrics(res)
             rows.append({"setting": name, "seed": seed, "seconds": time.perf_counter() - t0,
-                         "stereo": stereo_over, "depth": depth_over, "metrics": m})
+                         **dict(zip(("stereo", "depth", "sampling"), SETTINGS[name])),
+                         "metrics": m, "reference": reference_metrics(res, scene_s)})
             print(f"{name:18s} {seed}: ratio {m['consistency_ratio_control_over_result']:.3f} "
                   f"(composite {m['composite']['consistency_ratio_control_over_result']:.2f}), "
-                  f"holes {m['hole_fraction']:.3f}, {rows[-1]['seconds']:.0f} s", flush=True)
+                  f"holes {m['hole_fraction']:.3f}, ghost "
+                  f"{rows[-1]['reference']['hole_ghost_frame0']:.3f}, {rows[-1]['seconds']:.0f} s",
+                  flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)
             with atomic_output(out) as tmp:
                 tmp.write_text(json.dumps({"steps": FLAGS.steps, "seed": FLAGS.seed,
                                            "rows": rows, "summary": summarize(rows)}, indent=1))
+    if FLAGS.grid_png:
+        for name in FLAGS.settings:         # settings resumed from the JSON: run the demo again
+            if name not in demo_views:
+                demo_views[name], scene = run(models, name, cf.DEMO_SEED)
+        write_grid(Path(FLAGS.grid_png), demo_views, scene)
     for name, d in summarize(rows).items():
         print(f"{name:18s} ratio mean {d['ratio_mean']:.3f} min {d['ratio_min']:.3f} "
               f"per seed {[round(x, 2) for x in d['ratio']]}; composite mean "
-              f"{d['composite_ratio_mean']:.2f}")
+              f"{d['composite_ratio_mean']:.2f}; ghost {d['hole_ghost_frame0_mean']:.3f}, "
+              f"right PSNR {d['right_psnr_frame0_mean']:.2f} dB")
 
 
 if __name__ == "__main__":

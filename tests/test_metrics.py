@@ -10,7 +10,7 @@ from skimage.metrics import structural_similarity
 
 from szero_jax.geometry import forward_warp
 from szero_jax.metrics import (BlockMatchConfig, block_match_disparity, block_match_error, clip_f,
-                               left_right_consistency, lpips, met3r, psnr, ssim, temporal_flicker,
+                               hole_ghost, left_right_consistency, lpips, met3r, psnr, ssim, temporal_flicker,
                                vertical_disparity)
 
 
@@ -66,6 +66,23 @@ def test_left_right_consistency_perfect_and_wrong_warp():
     assert good < 1e-6 and wrong > 0.05
     with pytest.raises(ValueError, match="disparity must have shape"):
         left_right_consistency(left, right, disp[:, :10])
+
+
+def test_hole_ghost_of_truth_duplicate_and_midway():
+    rng = np.random.default_rng(0)
+    left, true_right = rng.uniform(0, 1, (2, 2, 6, 9, 3)).astype(np.float32)
+    mask = np.zeros((2, 6, 9), bool)
+    mask[:, :, 3:5] = True
+    assert hole_ghost(true_right, true_right, left, mask) == 0.0
+    assert hole_ghost(left, true_right, left, mask) == 1.0          # the occluder's duplicate
+    mid = 0.5 * (left + true_right)                                  # equally far from both
+    assert abs(hole_ghost(mid, true_right, left, mask) - 0.5) < 1e-6
+    wrong = true_right.copy()
+    wrong[~mask] = left[~mask]                                       # only the mask counts
+    assert hole_ghost(wrong, true_right, left, mask) == 0.0
+    assert math.isnan(hole_ghost(left, true_right, left, np.zeros_like(mask)))
+    with pytest.raises(ValueError, match="mask"):
+        hole_ghost(left, true_right, left, mask[0])
 
 
 def test_vertical_disparity():

@@ -65,3 +65,24 @@ def ssim(x, y, data_range: float = 1.0, sigma: float = 1.5, k1: float = 0.01, k2
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
     return jnp.mean(s, axis=(-3, -2, -1))
+
+
+def hole_ghost(right, true_right, left, mask) -> float:
+    """How much a right view's holes show the occluder (issue 15's ghost duplicates): a / (a + b)
+    over the ``mask`` pixels (the disoccluded ones), a = mean |right - true_right|, b = mean
+    |right - left|. 1 when the holes hold the left view's content at those pixels (the
+    occluder, a duplicate at the left view's position; right = left gives 1), 0 when they hold
+    the truth, 0.5 when equally far from both. right, true_right, left: [..., H, W, C] in
+    [0, 1] (right is clipped to it); mask: bool [..., H, W]; NaN for an empty mask."""
+    right = np.clip(np.asarray(right, np.float32), 0.0, 1.0)
+    true_right, left = np.asarray(true_right, np.float32), np.asarray(left, np.float32)
+    mask = np.asarray(mask, bool)
+    if not right.shape == true_right.shape == left.shape or mask.shape != right.shape[:-1]:
+        raise ValueError(f"right, true_right, left must share one shape [..., H, W, C] and mask "
+                         f"be [..., H, W]; got {right.shape}, {true_right.shape}, {left.shape}, "
+                         f"{mask.shape}")
+    if not mask.any():
+        return float("nan")
+    a = float(np.abs(right - true_right)[mask].mean())
+    b = float(np.abs(right - left)[mask].mean())
+    return a / max(a + b, 1e-12)
