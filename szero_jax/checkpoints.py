@@ -108,7 +108,7 @@ def unflatten(flat: Mapping[str, Any]) -> dict:
     return root
 
 
-class ParamsWriter:
+class ParamsWriter(tensorfile.CloseOrAbort):
     """Writes a checkpoint one tensor at a time.
 
     ``specs``: ``{"a/b/c": (shape, dtype)}`` of every param, in file order. ``write(path,
@@ -158,15 +158,6 @@ class ParamsWriter:
     def abort(self) -> None:
         self._file.abort()
         shutil.rmtree(self._tmp, ignore_errors=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *_):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def save_params(path: str | os.PathLike, params: Mapping, config: Any, family: str,

@@ -123,7 +123,21 @@ class TensorFile(Mapping):
         return len(self.info)
 
 
-class TensorFileWriter:
+class CloseOrAbort:
+    """A writer as a context manager: ``close()`` (commit) on success, ``abort()`` (delete
+    the partial output) on an exception."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class TensorFileWriter(CloseOrAbort):
     """Writes a safetensors file whose names, shapes and dtypes are all known up front.
 
     ``specs``: ``{name: (shape, dtype)}`` in file order. The header and the file's full size
@@ -197,12 +211,3 @@ class TensorFileWriter:
             os.close(self._fd)
             self._fd = None
         self.path.unlink(missing_ok=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *_):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
