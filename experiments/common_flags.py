@@ -97,6 +97,8 @@ flags.DEFINE_integer("restart_steps", None, "K (default None: the preset's)")
 flags.DEFINE_integer("restart_rounds", None, "L (default None: the preset's)")
 flags.DEFINE_integer("refine_rounds", None, "N (default None: the preset's)")
 flags.DEFINE_integer("warp_every", None, "w (default None: the preset's)")
+flags.DEFINE_integer("warp_stop_t", None, "Last warp stage's timestep (default None: the "
+                     "preset's; paper 15, 0 = warp down to the last step)")
 flags.DEFINE_enum("cross_view", None, ["none", "uni", "uni_query", "bi", "swap"],
                   "Cross-view attention mode (default None: the preset's)")
 flags.DEFINE_enum("right_condition", None, ["warped", "warped_background", "left"],
@@ -135,7 +137,7 @@ SAMPLING_FLAGS = ("steps", "guidance", "guidance_rescale", "eta", "fs", "seed")
 DEPTH_FLAGS = ("depth", "depth_kind", "blur_sigma", "max_disparity", "convergence",
                "dissolve_step", "depth_steps")
 STEREO_FLAGS = ("preset", "restart_steps", "restart_rounds", "refine_rounds", "warp_every",
-                "cross_view", "right_condition", "first_round_fill")
+                "warp_stop_t", "cross_view", "right_condition", "first_round_fill")
 
 
 def held_out_seeds(n: int) -> list:
@@ -172,11 +174,15 @@ def depth_config(base: DepthConfig = DepthConfig()) -> DepthConfig:
     return dataclasses.replace(base, **given).validate()
 
 
-def stereo_config():
-    """StereoCrafterZeroConfig of --preset with the given K, L, N, w, mode overrides."""
+def stereo_config(tiny_defaults: bool = False):
+    """StereoCrafterZeroConfig of --preset with the given K, L, N, w, mode overrides.
+    tiny_defaults: on the shipped tiny family (--checkpoint tiny) the paper preset starts from
+    ``tiny.DEMO_STEREO`` (chosen by measurement on held-out seeds) instead."""
     from szero_jax.stereo import StereoCrafterZeroConfig  # pylint: disable=import-outside-toplevel
     base = (StereoCrafterZeroConfig.released() if FLAGS.preset == "released"
             else StereoCrafterZeroConfig())
+    if tiny_defaults and FLAGS.preset == "paper" and FLAGS.checkpoint == TINY:
+        base = dataclasses.replace(base, **tiny.DEMO_STEREO)
     over = {k: getattr(FLAGS, k) for k in STEREO_FLAGS[1:] if getattr(FLAGS, k) is not None}
     return dataclasses.replace(base, **over)
 

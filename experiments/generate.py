@@ -140,7 +140,8 @@ def main(argv):
     encode = cf.encode_config(FLAGS.fps)
     cf.check_output_dir(FLAGS.output_dir)
     prompt = _prompt()
-    sampling, depth_cfg, stereo = cf.sampling_config(), cf.depth_config(), cf.stereo_config()
+    sampling, depth_cfg = cf.sampling_config(), cf.depth_config()
+    stereo = cf.stereo_config(tiny_defaults=True)      # the demo's measured settings
     t0 = time.perf_counter()
     models = _models()
     load_s = time.perf_counter() - t0

@@ -58,9 +58,20 @@ def right_views(models, left, d):
             "vae_left": (decoded, decoded)}
 
 
+def ratios(models, left, d) -> dict:
+    """{view: {consistency, control, ratio}} of ``right_views`` under the disparity d."""
+    from szero_jax import metrics  # pylint: disable=import-outside-toplevel
+    out = {}
+    for name, (l, r) in right_views(models, left, d).items():
+        lrc = float(metrics.left_right_consistency(l, r, d)[0])
+        ctrl = float(metrics.left_right_consistency(l, l, d)[0])
+        out[name] = {"consistency": lrc, "control": ctrl, "ratio": ctrl / max(lrc, 1e-12)}
+    return out
+
+
 def main(argv):
     del argv
-    from szero_jax import metrics, pipelines, world  # pylint: disable=import-outside-toplevel
+    from szero_jax import pipelines, world  # pylint: disable=import-outside-toplevel
     from szero_jax.geometry import disparity_from_depth  # pylint: disable=import-outside-toplevel
     from szero_jax.io.atomic import atomic_output  # pylint: disable=import-outside-toplevel
     models = pipelines.load_video_models()
@@ -75,13 +86,9 @@ def main(argv):
                     scene.depth[None], span, "depth"))}
         for map_name, d in maps.items():
             d = np.asarray(d, np.float32)
-            row = {"seed": seed, "disparity": map_name, "disparity_px_mean": float(d.mean())}
-            for name, (l, r) in right_views(models, left, d).items():
-                lrc = float(metrics.left_right_consistency(l, r, d)[0])
-                ctrl = float(metrics.left_right_consistency(l, l, d)[0])
-                row[name] = {"consistency": lrc, "control": ctrl,
-                             "ratio": ctrl / max(lrc, 1e-12)}
-            rows.append(row)
+            rows.append({"seed": seed, "disparity": map_name,
+                         "disparity_px_mean": float(d.mean()), **ratios(models, left, d)})
+            row = rows[-1]
             print(f"{seed} {map_name:16s} d mean {row['disparity_px_mean']:5.2f} px: " + ", ".join(
                 f"{n} {row[n]['ratio']:.2f}" for n in ("pixel_warp", "grid_pixel_warp",
                                                         "latent_warp", "vae_left")), flush=True)

@@ -45,13 +45,18 @@ flags.DEFINE_string("grid_png", None, "Also write the demo seed's frames GRID_FR
 FLAGS = flags.FLAGS
 
 
-def reference_metrics(res, scene) -> dict:
+def reference_metrics(models, res, scene) -> dict:
     """Frame 0 against the scene (the input image is its left frame 0; later generated frames
     drift from the rendered clip): the right view's PSNR to the true right view, whole and in
-    the true holes, and ``hole_ghost`` there; the left view's PSNR to the input."""
+    the true holes, and ``hole_ghost`` there; the left view's PSNR to the input. And the
+    ratio a perfect latent right view would score with this run's own left view and
+    disparity (``latent_warp_ceiling``: the left re-encoded, its latent warped, decoded)."""
+    from experiments.latent_warp_ceiling import ratios  # pylint: disable=import-outside-toplevel
     from szero_jax import metrics  # pylint: disable=import-outside-toplevel
     right, holes = np.clip(res.right[0], 0.0, 1.0), scene.disoccluded[0]
-    return {"right_psnr_frame0": float(metrics.psnr(right, scene.right[0])),
+    ceiling = ratios(models, res.left[None], res.disparity[None])["latent_warp"]["ratio"]
+    return {"latent_warp_ceiling_ratio": ceiling,
+            "right_psnr_frame0": float(metrics.psnr(right, scene.right[0])),
             "right_hole_psnr_frame0": float(metrics.psnr(right, scene.right[0], mask=holes)),
             "hole_ghost_frame0": metrics.hole_ghost(right, scene.right[0], scene.left[0], holes),
             "left_psnr_frame0": float(metrics.psnr(np.clip(res.left[0], 0.0, 1.0),
@@ -63,15 +68,14 @@ def summarize(rows: list) -> dict:
     out = {}
     for r in rows:
         d = out.setdefault(r["setting"], {"seeds": [], "ratio": [], "composite_ratio": [],
-                                          "hole_fraction": [], "hole_ghost_frame0": [],
-                                          "right_psnr_frame0": []})
+                                          "hole_fraction": []})
         m = r["metrics"]
         d["seeds"].append(r["seed"])
         d["ratio"].append(m["consistency_ratio_control_over_result"])
         d["composite_ratio"].append(m["composite"]["consistency_ratio_control_over_result"])
         d["hole_fraction"].append(m["hole_fraction"])
-        for k in ("hole_ghost_frame0", "right_psnr_frame0"):
-            d[k].append(r["reference"][k])
+        for k in ("hole_ghost_frame0", "right_psnr_frame0", "latent_warp_ceiling_ratio"):
+            d.setdefault(k, []).append(r["reference"].get(k, float("nan")))  # ceiling: newer rows
     for d in out.values():
         d["ratio_mean"], d["ratio_min"] = float(np.mean(d["ratio"])), float(np.min(d["ratio"]))
         d["composite_ratio_mean"] = float(np.mean(d["composite_ratio"]))
@@ -101,7 +105,7 @@ def run(models, name: str, seed: int):
 
 def write_grid(path, views: dict, scene) -> None:
     """Frames GRID_FRAMES side by side, one row each: the true left and right views of the
-    scene, then per setting its generated left (first setting only) and right views."""
+    scene, the generated left (the same for every setting), then each setting's right view."""
     from szero_jax import io  # pylint: disable=import-outside-toplevel
     strip = lambda video: np.concatenate([np.clip(video[f], 0, 1) for f in GRID_FRAMES], axis=1)
     first = next(iter(views.values()))
@@ -134,7 +138,7 @@ def main(argv):
             m = stereo_metrics(res)
             rows.append({"setting": name, "seed": seed, "seconds": time.perf_counter() - t0,
                          **dict(zip(("stereo", "depth", "sampling"), SETTINGS[name])),
-                         "metrics": m, "reference": reference_metrics(res, scene_s)})
+                         "metrics": m, "reference": reference_metrics(models, res, scene_s)})
             print(f"{name:18s} {seed}: ratio {m['consistency_ratio_control_over_result']:.3f} "
                   f"(composite {m['composite']['consistency_ratio_control_over_result']:.2f}), "
                   f"holes {m['hole_fraction']:.3f}, ghost "
@@ -148,7 +152,7 @@ def main(argv):
         for name in FLAGS.settings:         # settings resumed from the JSON: run the demo again
             if name not in demo_views:
                 demo_views[name], scene = run(models, name, cf.DEMO_SEED)
-        write_grid(Path(FLAGS.grid_png), demo_views, scene)
+        write_grid(Path(FLAGS.grid_png), {n: demo_views[n] for n in FLAGS.settings}, scene)
     for name, d in summarize(rows).items():
         print(f"{name:18s} ratio mean {d['ratio_mean']:.3f} min {d['ratio_min']:.3f} "
               f"per seed {[round(x, 2) for x in d['ratio']]}; composite mean "

@@ -219,6 +219,10 @@ def test_generate_runs_on_tiny_default(tmp_path):
     assert fps == 8.0 and sbs.shape[2] == 2 * left.shape[2] and sbs.shape[:2] == left.shape[:2]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["sampling"]["steps"] == 2 and summary["settings"]["sampling"]["seed"] == 3
+    from szero_jax import tiny                # the demo's measured stereo settings, K / L / N
+    stereo = summary["settings"]["stereo"]     # as the flags gave them
+    assert {k: stereo[k] for k in tiny.DEMO_STEREO} == tiny.DEMO_STEREO
+    assert (stereo["restart_steps"], stereo["restart_rounds"]) == (1, 1)
     m = summary["metrics"]
     assert np.isfinite(m["left_right_consistency"])
     # the composite's ratio is the same zero-disparity control over its own consistency

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(
     reason=f"tiny family not trained yet (run experiments/train_tiny.py into {checkpoints.TINY_DIR})")
 
 VAE_PSNR_MIN_DB = 21.0  # measured 22.0 dB on these 4 frames (19.5 dB over the 16 eval clips)
-DEMO_RATIO_MIN = 1.2  # control / result
+DEMO_RATIO_MIN = 1.4  # control / result: measured 1.58 with tiny.DEMO_STEREO (1.35 paper preset)
 
 
 @pytest.fixture(scope="module")
@@ -111,16 +111,19 @@ def test_depth_beats_constant_on_heldout_scene(family):
 
 
 def test_demo_right_view_is_a_stereo_counterpart():
-    """Issue 5's must-show, on the bundled demo sample with every pipeline default (what
-    `make demo` runs): the right view backward-warped by the intended disparity matches the
-    left clearly better than the zero-disparity control (the right view = the left, a tested
-    invariant), and its holes are filled with texture, not a constant."""
+    """Issue 5's must-show, on the bundled demo sample with what `make demo` runs (every
+    pipeline default, the stereo settings of tiny.DEMO_STEREO): the right view backward-warped
+    by the intended disparity matches the left clearly better than the zero-disparity control
+    (the right view = the left, a tested invariant), and its holes are filled with texture,
+    not a constant."""
     from szero_jax.io import read_image
     from szero_jax.metrics import left_right_consistency
     from szero_jax.pipelines import image_to_stereo_video, load_video_models
+    from szero_jax.stereo import StereoCrafterZeroConfig
     samples = checkpoints.TINY_DIR.parent / "samples"
     res = image_to_stereo_video(load_video_models(), read_image(samples / "demo.png"),
-                                (samples / "demo_prompt.txt").read_text().strip())
+                                (samples / "demo_prompt.txt").read_text().strip(),
+                                stereo=StereoCrafterZeroConfig(**tiny.DEMO_STEREO))
     left, right, d = res.left[None], res.right[None], res.disparity[None]
     result = float(left_right_consistency(left, right, d)[0])
     control = float(left_right_consistency(left, left, d)[0])
