@@ -26,7 +26,6 @@ the depth model's output, over --max_disparity of the width (default the checkpo
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import numpy as np
@@ -86,9 +85,9 @@ def main(argv):
                     scene.depth[None], span, "depth"))}
         for map_name, d in maps.items():
             d = np.asarray(d, np.float32)
-            rows.append({"seed": seed, "disparity": map_name,
-                         "disparity_px_mean": float(d.mean()), **ratios(models, left, d)})
-            row = rows[-1]
+            row = {"seed": seed, "disparity": map_name, "disparity_px_mean": float(d.mean()),
+                   **ratios(models, left, d)}
+            rows.append(row)
             print(f"{seed} {map_name:16s} d mean {row['disparity_px_mean']:5.2f} px: " + ", ".join(
                 f"{n} {row[n]['ratio']:.2f}" for n in ("pixel_warp", "grid_pixel_warp",
                                                         "latent_warp", "vae_left")), flush=True)

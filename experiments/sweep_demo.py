@@ -22,11 +22,12 @@ from absl import app, flags
 
 from experiments import common_flags as cf
 
-# name -> overrides of (StereoCrafterZeroConfig, DepthConfig, SamplingConfig); "paper" = every
-# default (the tiny family's max_disparity 0.16 and guidance 1.0, szero_jax.tiny.VIDEO).
 GRID_FRAMES = (0, 4, 7)   # the frames issue 15 looked at
 TRUE_DISPARITY = {"source": "given", "kind": "disparity_px", "blur_sigma": 0.0}
 BACKGROUND = {"first_round_fill": "background", "right_condition": "warped_background"}
+# name -> overrides of (StereoCrafterZeroConfig, DepthConfig, SamplingConfig); "paper" = every
+# default (the tiny family's max_disparity 0.16 and guidance 1.0, szero_jax.tiny.VIDEO).
+# "background_stop0" won (MODEL_CARD.md, "The demo"): it is tiny.DEMO_STEREO.
 SETTINGS = {
     "paper": ({}, {}, {}),
     "background": (BACKGROUND, {}, {}),

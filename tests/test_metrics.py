@@ -10,8 +10,8 @@ from skimage.metrics import structural_similarity
 
 from szero_jax.geometry import forward_warp
 from szero_jax.metrics import (BlockMatchConfig, block_match_disparity, block_match_error, clip_f,
-                               hole_ghost, left_right_consistency, lpips, met3r, psnr, ssim, temporal_flicker,
-                               vertical_disparity)
+                               hole_ghost, left_right_consistency, lpips, met3r, psnr, ssim,
+                               temporal_flicker, vertical_disparity)
 
 
 def test_psnr_of_known_error():

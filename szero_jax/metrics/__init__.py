@@ -6,5 +6,5 @@ from szero_jax.metrics.learned import clip_f, lpips, met3r
 from szero_jax.metrics.stereo import left_right_consistency, temporal_flicker, vertical_disparity
 
 __all__ = ["BlockMatch", "BlockMatchConfig", "BlockMatchError", "block_match_disparity",
-           "block_match_error", "clip_f", "hole_ghost", "left_right_consistency", "lpips", "met3r", "psnr",
-           "ssim", "temporal_flicker", "vertical_disparity"]
+           "block_match_error", "clip_f", "hole_ghost", "left_right_consistency", "lpips",
+           "met3r", "psnr", "ssim", "temporal_flicker", "vertical_disparity"]
